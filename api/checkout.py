@@ -1,0 +1,121 @@
+"""Creating a checkout, and the shopper's way back from Monime's hosted page."""
+
+import logging
+from urllib.parse import quote, urlencode
+
+from flask import Blueprint, current_app, redirect, request
+from marshmallow import ValidationError
+
+import events
+import monime
+import orders
+from api.errors import ApiError
+from models import Order, Status, db
+from schemas import CheckoutRequestSchema
+
+log = logging.getLogger(__name__)
+bp = Blueprint("checkout", __name__)
+
+
+@bp.post("/api/checkout")
+def create_checkout():
+    draft = load_checkout_request()
+    order = orders.place(draft)
+    if order.fingerprint != orders.fingerprint(draft):
+        raise ApiError(409, "order_conflict", f"Order {order.id!r} was already submitted with different content.")
+    if order.status == Status.COMPLETED:
+        raise ApiError(409, "order_completed", f"Order {order.id!r} is already paid.")
+    if order.status in orders.FINAL_UNPAID:
+        order = orders.start_new_attempt(order)
+    session = orders.current_session(order)
+    db.session.commit()  # the order and its Idempotency-Key are stored before Monime is called
+    if session is not None:
+        return checkout_response(order.id, session.id, session.redirect_url, 200)
+
+    created = call_monime(order)
+    became_current = orders.record_session(order, created["id"], created.get("redirectUrl"))
+    db.session.commit()
+    log.info("checkout session created", extra={"data": {"orderId": order.id, "sessionId": created["id"]}})
+    return checkout_response(order.id, created["id"], created.get("redirectUrl"), 201 if became_current else 200)
+
+
+def load_checkout_request() -> dict:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Send the order as JSON with Content-Type: application/json.")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    try:
+        return CheckoutRequestSchema().load(body)
+    except ValidationError as exc:
+        raise ApiError(400, "validation_failed", "The order is not valid.", fields=exc.messages) from None
+
+
+def call_monime(order: Order) -> dict:
+    try:
+        return monime.client().create_session(session_request(order), order.idempotency_key)
+    except monime.MonimeTimeout as exc:
+        raise ApiError(504, "monime_timeout", f"{exc}. Submit the same order again to retry.") from None
+    except monime.MonimeUnavailable as exc:
+        raise ApiError(502, "monime_unavailable", f"{exc}. Submit the same order again to retry.") from None
+    except monime.MonimeRejected as exc:
+        log.error("Monime refused a checkout session", extra={"data": {"orderId": order.id, "error": str(exc)}})
+        raise ApiError(
+            502,
+            "monime_rejected",
+            "Monime refused the checkout session.",
+            monimeStatus=exc.status,
+            monimeReason=exc.reason,
+            monimeMessage=exc.message,
+        ) from None
+
+
+def session_request(order: Order) -> dict:
+    """The CreateCheckoutSession body for an order, built only from what is stored,
+    so every retry under the order's Idempotency-Key sends the same request."""
+    body = {
+        "name": order.name,
+        "reference": order.id,
+        "successUrl": own_url("/api/checkout/success", order.id),
+        "cancelUrl": own_url("/api/checkout/cancel", order.id),
+        "lineItems": [{key: value for key, value in item.items() if value is not None} for item in order.line_items],
+        "metadata": {**order.client_metadata, "orderId": order.id},
+    }
+    optional = {"description": order.description, "callbackState": order.callback_state}
+    return body | {key: value for key, value in optional.items() if value is not None}
+
+
+def checkout_response(order_id: str, session_id: str, redirect_url: str | None, status: int):
+    return {"orderId": order_id, "sessionId": session_id, "redirectUrl": redirect_url}, status
+
+
+@bp.route("/api/checkout/success", methods=["GET", "POST"])
+def checkout_success():
+    return back_from_monime("/checkout/success")
+
+
+@bp.get("/api/checkout/cancel")
+def checkout_cancel():
+    return back_from_monime("/checkout/cancelled")
+
+
+def back_from_monime(page: str):
+    """Bring the order up to date with Monime (the webhook stays authoritative),
+    then send the shopper to a fixed page of the frontend, whatever Monime says."""
+    order_id = request.args.get("orderId", "")
+    if not order_id:
+        raise ApiError(400, "missing_order_id", "The orderId query parameter is required.")
+    order = db.session.get(Order, order_id)
+    if order is None:
+        raise ApiError(404, "order_not_found", "No order has this orderId.")
+    events.refresh(order)
+    return redirect(frontend_url(page, order.id), 303)
+
+
+def own_url(path: str, order_id: str) -> str:
+    # ':' is legal in a query and keeps a 100-character orderId inside Monime's URL limit
+    return f"{current_app.config['PUBLIC_BASE_URL']}{path}?orderId={quote(order_id, safe=':')}"
+
+
+def frontend_url(page: str, order_id: str) -> str:
+    return f"{current_app.config['APP_URL']}{page}?{urlencode({'orderId': order_id})}"

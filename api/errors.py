@@ -1,0 +1,44 @@
+"""JSON errors: every failure answers {"error": {"code", "message", ...}}, never a stack trace."""
+
+import logging
+
+from flask import jsonify
+from werkzeug.exceptions import HTTPException
+
+from models import db
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Raise from a view to answer with a JSON error."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None, **details):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers, self.details = headers or {}, details
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None, **details):
+    response = jsonify({"error": {"code": code, "message": message, **details}})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def init_app(app) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.details)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return error_response(exc.code or 500, code, exc.description or exc.name, headers)
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        db.session.rollback()
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "The service failed to handle the request.")

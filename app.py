@@ -1,0 +1,37 @@
+"""Application factory: configuration, extensions, blueprints, CLI. Nothing else."""
+
+import os
+
+from flask import Flask
+from flask_migrate import Migrate
+
+import api
+import cli
+import logs
+import models
+import monime
+from config import MAX_BODY_BYTES, check, from_environment
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
+migrate = Migrate(directory=MIGRATIONS, render_as_batch=True)
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(from_environment(), MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
+    app.config.update(config or {})
+    check(app.config, relaxed=app.testing or app.debug)
+    if not app.config["SQLALCHEMY_DATABASE_URI"]:
+        os.makedirs(app.instance_path, exist_ok=True)
+        app.config["SQLALCHEMY_DATABASE_URI"] = (
+            f"sqlite:///{os.path.join(app.instance_path, 'monime-checkout.sqlite3')}"
+        )
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+
+    logs.configure(app.config["LOG_LEVEL"])
+    models.init_app(app)
+    migrate.init_app(app, models.db)
+    monime.init_app(app)
+    api.init_app(app)
+    cli.init_app(app)
+    return app

@@ -1,0 +1,98 @@
+"""Settings from the environment, checked once at start-up.
+
+Every variable the service reads is listed in `from_environment`; `check`
+refuses to start with one clear error naming everything that is wrong.
+"""
+
+import os
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+# successUrl is the longer of the two redirect URLs Monime receives; Monime
+# caps both at 255 characters and an orderId may be 100 characters long.
+SUCCESS_URL_SUFFIX = "/api/checkout/success?orderId="
+LONGEST_ORDER_ID = 100
+MONIME_URL_LIMIT = 255
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a service that can run."""
+
+
+def from_environment(environ: Mapping[str, str] = os.environ) -> dict:
+    """Read every setting, with the documented defaults."""
+    get = environ.get
+    return {
+        "MONIME_ACCESS_TOKEN": get("MONIME_ACCESS_TOKEN", ""),
+        "MONIME_SPACE_ID": get("MONIME_SPACE_ID", ""),
+        "MONIME_WEBHOOK_SECRET": get("MONIME_WEBHOOK_SECRET", ""),
+        "MONIME_API_BASE_URL": get("MONIME_API_BASE_URL", "https://api.monime.io"),
+        "MONIME_WEBHOOK_TOLERANCE": get("MONIME_WEBHOOK_TOLERANCE", "300"),
+        "MONIME_CONNECT_TIMEOUT": get("MONIME_CONNECT_TIMEOUT", "3"),
+        "MONIME_READ_TIMEOUT": get("MONIME_READ_TIMEOUT", "10"),
+        "MONIME_RETRY_DEADLINE": get("MONIME_RETRY_DEADLINE", "15"),
+        "MONIME_VERIFY_TIMEOUT": get("MONIME_VERIFY_TIMEOUT", "3"),
+        "SQLALCHEMY_DATABASE_URI": normalise_database_url(get("DATABASE_URL", "")),
+        "PUBLIC_BASE_URL": get("PUBLIC_BASE_URL", ""),
+        "APP_URL": get("APP_URL", ""),
+        "LOG_LEVEL": get("LOG_LEVEL", "INFO"),
+    }
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the `postgres://` URLs hosting platforms hand out; we speak psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def check(config: dict, *, relaxed: bool) -> None:
+    """Validate and convert `config` in place. `relaxed` (tests, debug) lets
+    the Monime credentials be empty, as the simulator does not need real ones."""
+    problems = []
+    required = ["MONIME_WEBHOOK_SECRET", "PUBLIC_BASE_URL", "APP_URL"]
+    if not relaxed:
+        required += ["MONIME_ACCESS_TOKEN", "MONIME_SPACE_ID"]
+    problems += [f"{name} is required" for name in required if not config.get(name)]
+
+    for name in ("PUBLIC_BASE_URL", "APP_URL", "MONIME_API_BASE_URL"):
+        config[name] = str(config.get(name) or "").rstrip("/")
+        if config[name] and not is_absolute_http_url(config[name]):
+            problems.append(f"{name} must be an absolute http(s) URL without query or fragment")
+
+    longest = len(config["PUBLIC_BASE_URL"]) + len(SUCCESS_URL_SUFFIX) + LONGEST_ORDER_ID
+    if longest > MONIME_URL_LIMIT:
+        problems.append(
+            f"PUBLIC_BASE_URL is too long: with a {LONGEST_ORDER_ID}-character orderId the "
+            f"successUrl would be {longest} characters, over Monime's {MONIME_URL_LIMIT}"
+        )
+
+    secrets = config.get("MONIME_WEBHOOK_SECRET")
+    if isinstance(secrets, str):
+        secrets = [s.strip() for s in secrets.split(",") if s.strip()]
+    config["MONIME_WEBHOOK_SECRETS"] = list(secrets or [])
+
+    for name in (
+        "MONIME_WEBHOOK_TOLERANCE",
+        "MONIME_CONNECT_TIMEOUT",
+        "MONIME_READ_TIMEOUT",
+        "MONIME_RETRY_DEADLINE",
+        "MONIME_VERIFY_TIMEOUT",
+    ):
+        try:
+            config[name] = float(config[name])
+            if config[name] <= 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            problems.append(f"{name} must be a positive number of seconds")
+
+    if problems:
+        raise ConfigError("Invalid configuration: " + "; ".join(problems))
+
+
+def is_absolute_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.query and not parts.fragment

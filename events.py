@@ -1,0 +1,169 @@
+"""News from Monime about checkout sessions, handed to the order state rules.
+
+Two ways in: a verified webhook event (`receive`), stored raw and processed
+once per event id, and a direct lookup of a session (`refresh`), used when
+the shopper comes back through a redirect. No database transaction is held
+open while Monime is being asked.
+"""
+
+import logging
+from dataclasses import dataclass, replace
+
+from sqlalchemy import select, update
+
+import monime
+import orders
+from models import Order, Outcome, Status, WebhookEvent, db, insert_unless_exists, utcnow
+from orders import SessionReport
+
+log = logging.getLogger(__name__)
+
+CHECKOUT_EVENTS = {
+    "checkout_session.completed": Status.COMPLETED,
+    "checkout_session.cancelled": Status.CANCELLED,
+    "checkout_session.expired": Status.EXPIRED,
+}
+
+
+class VerificationUnavailable(Exception):
+    """A completion must be confirmed with Monime, and Monime cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    event_id: str
+    outcome: str | None  # None for a duplicate
+    detail: str | None = None
+
+    @property
+    def duplicate(self) -> bool:
+        return self.outcome is None
+
+
+def receive(body: str, envelope: dict) -> Receipt:
+    """Process one verified event, once per event id; concurrent deliveries
+    of the same id wait for the first one and are reported as duplicates."""
+    event_id, name = envelope["event"]["id"], envelope["event"]["name"]
+    if _settled(event_id):
+        return Receipt(event_id, None)
+    report, problem = _report_from(envelope)
+    if report and report.status == Status.COMPLETED and report.amount is None and not problem:
+        try:
+            report, problem = _confirm_amount(report)
+        except VerificationUnavailable as exc:
+            _store_failure(event_id, name, body, report, str(exc))
+            raise
+    return _process(event_id, name, body, report, problem)
+
+
+def refresh(order: Order) -> Outcome | None:
+    """Ask Monime for the order's current session and apply what it says.
+    Best effort: when Monime cannot be reached the webhook will tell us."""
+    if order.status == Status.COMPLETED or not order.checkout_session_id:
+        return None
+    db.session.commit()  # no transaction is held while Monime is asked
+    try:
+        session = monime.client().get_session(order.checkout_session_id)
+    except monime.MonimeError as exc:
+        log.warning("session lookup failed", extra={"data": {"orderId": order.id, "error": str(exc)}})
+        return None
+    report = SessionReport(order.checkout_session_id, session.get("status"), _amount_or_none(session))
+    outcome, detail = orders.apply(orders.reload(order.id), report)
+    db.session.commit()
+    log.info("order refreshed from Monime", extra={"data": {"orderId": order.id, "outcome": outcome, "detail": detail}})
+    return outcome
+
+
+def _report_from(envelope: dict) -> tuple[SessionReport | None, str | None]:
+    """The session report an event carries (None for events we do not act on),
+    and a problem that keeps a completion from being trusted."""
+    status = CHECKOUT_EVENTS.get(envelope["event"]["name"])
+    if status is None:
+        return None, None
+    ref, data = envelope["object"], envelope["data"]
+    session_id = ref.get("id") if ref.get("type") == "checkout_session" and ref.get("id") else data.get("id")
+    reference = data.get("reference") if isinstance(data.get("reference"), str) else None
+    try:
+        amount, problem = monime.session_amount(data), None
+    except ValueError as exc:
+        amount, problem = None, f"completion cannot be checked: {exc}"
+    return SessionReport(str(session_id or ""), status, amount, reference), problem
+
+
+def _confirm_amount(report: SessionReport) -> tuple[SessionReport, str | None]:
+    """A completion without line items is checked against the session Monime holds."""
+    order = orders.find(report)
+    db.session.commit()  # end the read before asking Monime
+    if order is None:
+        return report, None
+    try:
+        session = monime.client().get_session(report.session_id)
+    except monime.MonimeNotFound:
+        return report, "Monime does not know the completed session"
+    except monime.MonimeError as exc:  # 5xx, 401/403 and timeouts alike: try again later
+        raise VerificationUnavailable(f"the completion could not be confirmed with Monime: {exc}") from exc
+    try:
+        return replace(report, amount=monime.session_amount(session)), None
+    except ValueError as exc:
+        return report, f"completion cannot be checked: {exc}"
+
+
+def _amount_or_none(session: dict) -> tuple[str, int] | None:
+    try:
+        return monime.session_amount(session)
+    except ValueError:
+        return None
+
+
+def _process(event_id, name, body, report, problem) -> Receipt:
+    if not _claim(event_id, name, body, report):
+        db.session.rollback()
+        return Receipt(event_id, None)
+    order = orders.find(report) if report and report.session_id else None
+    if report is None:
+        outcome, detail = Outcome.IGNORED, f"{name} is not acted on"
+    elif order is None:
+        outcome, detail = Outcome.UNMATCHED, f"no order knows session {report.session_id or '(none)'}"
+    elif problem:
+        outcome, detail = orders.hold(order, problem, event_id)
+    else:
+        outcome, detail = orders.apply(order, report, event_id)
+    db.session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id == event_id)
+        .values(outcome=outcome, detail=detail and detail[:255], order_id=order and order.id, processed_at=utcnow())
+    )
+    db.session.commit()
+    log.info(
+        "webhook event processed",
+        extra={"data": {"eventId": event_id, "event": name, "orderId": order and order.id, "outcome": outcome}},
+    )
+    return Receipt(event_id, outcome, detail)
+
+
+def _claim(event_id, name, body, report) -> bool:
+    """Store the event, or take back one whose processing failed earlier.
+    False when the event id was already processed: a duplicate."""
+    values = dict(name=name, body=body, session_id=report and report.session_id or None)
+    if insert_unless_exists(WebhookEvent, id=event_id, outcome=Outcome.FAILED, received_at=utcnow(), **values):
+        return True
+    retried = db.session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id == event_id, WebhookEvent.outcome == Outcome.FAILED)
+        .values(attempts=WebhookEvent.attempts + 1)
+    )
+    return retried.rowcount == 1
+
+
+def _store_failure(event_id, name, body, report, detail) -> None:
+    """Keep an event we could not process, marked failed, so it can be replayed."""
+    if _claim(event_id, name, body, report):
+        db.session.execute(
+            update(WebhookEvent).where(WebhookEvent.id == event_id).values(detail=detail[:255], processed_at=utcnow())
+        )
+    db.session.commit()
+
+
+def _settled(event_id: str) -> bool:
+    outcome = db.session.scalar(select(WebhookEvent.outcome).where(WebhookEvent.id == event_id))
+    return outcome is not None and outcome != Outcome.FAILED

@@ -1,0 +1,138 @@
+"""Database tables: orders, the Monime checkout sessions made for them, and
+every verified webhook event, stored raw with what became of it."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, ForeignKey, String, Text, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# Objects stay readable after commit, so no attribute access can silently open
+# a new transaction (and, on SQLite, take the write lock) during a Monime call.
+db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Status(StrEnum):
+    """Monime's own checkout-session vocabulary."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class Outcome(StrEnum):
+    """What processing a webhook event did."""
+
+    APPLIED = "applied"  # the order's status changed
+    UNCHANGED = "unchanged"  # valid, but the rules say nothing changes (late or repeated news)
+    HELD = "held"  # needs a person: amount mismatch, double payment, unknown to Monime
+    UNMATCHED = "unmatched"  # no order knows the session
+    IGNORED = "ignored"  # an event name this service does not act on
+    FAILED = "failed"  # could not be processed now; Monime redelivers, or replay it
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Order(db.Model):
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'completed', 'cancelled', 'expired')", name="status_known"),
+        CheckConstraint("amount >= 0", name="amount_not_negative"),
+    )
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # hash of the request content
+    name: Mapped[str] = mapped_column(String(150))
+    description: Mapped[str | None] = mapped_column(String(1000))
+    line_items: Mapped[list] = mapped_column(JSON)
+    client_metadata: Mapped[dict] = mapped_column(JSON)
+    callback_state: Mapped[str | None] = mapped_column(String(255))
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[int] = mapped_column(BigInteger)  # minor units
+    status: Mapped[str] = mapped_column(String(16), default=Status.PENDING)
+    # The attempt's Idempotency-Key, stored before Monime is called.
+    idempotency_key: Mapped[str] = mapped_column(String(64))
+    # The current session; once completed, the session that paid.
+    checkout_session_id: Mapped[str | None] = mapped_column(String(255))
+    review_reason: Mapped[str | None] = mapped_column(String(255))
+    review_event_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CheckoutSession(db.Model):
+    """Every Monime session made for an order, so late events of an earlier
+    session still find their order."""
+
+    __tablename__ = "checkout_sessions"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # Monime's session id
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64))
+    redirect_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookEvent(db.Model):
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # Monime's event id
+    name: Mapped[str] = mapped_column(String(100))
+    session_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    order_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    body: Mapped[str] = mapped_column(Text)  # the raw, verified request body
+    outcome: Mapped[str] = mapped_column(String(16), index=True)
+    detail: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(default=1)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def init_app(app) -> None:
+    db.init_app(app)
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            share_sqlite_between_workers(db.engine)
+
+
+def share_sqlite_between_workers(engine) -> None:
+    """WAL lets readers run beside a writer; every transaction takes the write
+    lock up front (BEGIN IMMEDIATE) so concurrent writers queue on the busy
+    timeout instead of failing with "database is locked" when a read
+    transaction later tries to write."""
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_unless_exists(model, **values) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING; True when this call inserted the row.
+
+    Against a concurrent insert of the same key the database decides: one
+    wins, the other sees the row once the winner commits."""
+    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(model).values(**values).on_conflict_do_nothing()
+    return db.session.execute(statement).rowcount == 1

@@ -1,0 +1,185 @@
+"""Order state rules: the one place an order's status changes.
+
+    (new) ─────────────────────────────▶ pending
+    pending ──completed────────────────▶ completed   terminal: nothing moves it again
+    pending ──cancelled / expired──────▶ cancelled / expired   (its current session only)
+    cancelled / expired ──completed────▶ completed   money was taken: completion wins
+    cancelled / expired ──submitted again──▶ pending under a new session
+
+Every change is a single conditional UPDATE ... WHERE whose row count says
+whether it happened, so two workers can never both apply a transition, and a
+late, repeated or reordered report can never undo one. Callers commit.
+"""
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from models import CheckoutSession, Order, Outcome, Status, db, insert_unless_exists, utcnow
+
+FINAL_UNPAID = (Status.CANCELLED, Status.EXPIRED)
+
+
+@dataclass(frozen=True)
+class SessionReport:
+    """What Monime says about one checkout session, from a webhook or a lookup."""
+
+    session_id: str
+    status: str
+    amount: tuple[str, int] | None  # (currency, minor units); None when not known
+    reference: str | None = None
+
+
+def fingerprint(draft: dict) -> str:
+    """A hash of everything the shopper's request decides, to tell a resubmission from a different order."""
+    content = {key: value for key, value in draft.items() if key != "orderId"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def place(draft: dict) -> Order:
+    """Store a new pending order with a fresh Idempotency-Key, or return the
+    order already stored under this orderId (whatever its content)."""
+    items = draft["lineItems"]
+    insert_unless_exists(
+        Order,
+        id=draft["orderId"],
+        fingerprint=fingerprint(draft),
+        name=draft["name"],
+        description=draft["description"],
+        line_items=items,
+        client_metadata=draft["metadata"],
+        callback_state=draft["callbackState"],
+        currency=items[0]["price"]["currency"],
+        amount=sum(item["price"]["value"] * item["quantity"] for item in items),
+        status=Status.PENDING,
+        idempotency_key=new_idempotency_key(),
+        created_at=utcnow(),
+        updated_at=utcnow(),
+    )
+    return reload(draft["orderId"])
+
+
+def reload(order_id: str) -> Order | None:
+    return db.session.get(Order, order_id, populate_existing=True)
+
+
+def new_idempotency_key() -> str:
+    return uuid.uuid4().hex  # 32 characters; Monime allows 64
+
+
+def start_new_attempt(order: Order) -> Order:
+    """A cancelled or expired order submitted again goes back to pending and
+    will get a new session under a new Idempotency-Key."""
+    _change(
+        order,
+        {"status": Status.PENDING, "idempotency_key": new_idempotency_key(), "checkout_session_id": None},
+        Order.status.in_(FINAL_UNPAID),
+        Order.idempotency_key == order.idempotency_key,
+    )
+    return reload(order.id)
+
+
+def current_session(order: Order) -> CheckoutSession | None:
+    if order.checkout_session_id is None:
+        return None
+    return db.session.get(CheckoutSession, order.checkout_session_id)
+
+
+def record_session(order: Order, session_id: str, redirect_url: str | None) -> bool:
+    """Remember a session Monime made for the order's current attempt. True
+    when it became the order's session; False when a concurrent request with
+    the same key recorded it first (or a newer attempt has begun)."""
+    insert_unless_exists(
+        CheckoutSession,
+        id=session_id,
+        order_id=order.id,
+        idempotency_key=order.idempotency_key,
+        redirect_url=redirect_url,
+        created_at=utcnow(),
+    )
+    return _change(
+        order,
+        {"checkout_session_id": session_id},
+        Order.idempotency_key == order.idempotency_key,
+        Order.checkout_session_id.is_(None),
+    )
+
+
+def find(report: SessionReport) -> Order | None:
+    """The order a session belongs to: by session id (current or earlier
+    session), else by the reference Monime echoes back, but only for an order
+    that has no session of its own yet."""
+    by_session = select(Order).join(CheckoutSession).where(CheckoutSession.id == report.session_id)
+    order = db.session.scalars(by_session).first()
+    if order is not None or not report.reference:
+        return order
+    order = db.session.get(Order, report.reference)
+    if order is None or order.checkout_session_id is not None:
+        return None
+    has_sessions = db.session.scalar(select(CheckoutSession.id).where(CheckoutSession.order_id == order.id).limit(1))
+    return None if has_sessions else order
+
+
+def apply(order: Order, report: SessionReport, event_id: str | None = None) -> tuple[Outcome, str | None]:
+    """Apply what Monime says about one of the order's sessions."""
+    if order.checkout_session_id is None:
+        # Found by reference: the session was made but not yet recorded.
+        record_session(order, report.session_id, None)
+    if report.status == Status.COMPLETED:
+        return _complete(order, report, event_id)
+    if report.status in FINAL_UNPAID:
+        ended = _change(
+            order,
+            {"status": report.status},
+            Order.status == Status.PENDING,
+            Order.checkout_session_id == report.session_id,
+        )
+        if ended:
+            return Outcome.APPLIED, None
+        return (
+            Outcome.UNCHANGED,
+            f"{report.status} changes nothing: the order is {reload(order.id).status} or has a newer session",
+        )
+    return Outcome.UNCHANGED, f"session is {report.status}"
+
+
+def _complete(order: Order, report: SessionReport, event_id: str | None) -> tuple[Outcome, str | None]:
+    expected = (order.currency, order.amount)
+    if report.amount != expected:
+        reason = f"amount mismatch: Monime reports {_money(report.amount)}, the order is {_money(expected)}"
+        return hold(order, reason, event_id)
+    paid = _change(
+        order,
+        {"status": Status.COMPLETED, "checkout_session_id": report.session_id},
+        Order.status != Status.COMPLETED,
+    )
+    if paid:
+        return Outcome.APPLIED, None
+    paid_by = db.session.scalar(select(Order.checkout_session_id).where(Order.id == order.id))
+    if paid_by == report.session_id:
+        return Outcome.UNCHANGED, "already completed"
+    return hold(order, f"possible double payment: session {report.session_id} completed after {paid_by}", event_id)
+
+
+def hold(order: Order, reason: str, event_id: str | None) -> tuple[Outcome, str]:
+    """Keep the order as it is and flag it for a person. The first reason stays;
+    every held event keeps its own in the event log."""
+    _change(order, {"review_reason": reason[:255], "review_event_id": event_id}, Order.review_reason.is_(None))
+    return Outcome.HELD, reason
+
+
+def _change(order: Order, values: dict, *conditions) -> bool:
+    statement = (
+        update(Order)
+        .where(Order.id == order.id, *conditions)
+        .values(**values, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return db.session.execute(statement).rowcount == 1
+
+
+def _money(amount: tuple[str, int] | None) -> str:
+    return "no amount" if amount is None else f"{amount[0]} {amount[1]}"
