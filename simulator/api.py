@@ -1,0 +1,101 @@
+"""Monime's checkout-session API, as the official document describes it."""
+
+import socket
+import time
+
+from flask import Blueprint, current_app, jsonify, request
+
+from simulator import openapi
+from simulator.store import public
+
+bp = Blueprint("api", __name__, url_prefix="/v1")
+
+
+def store():
+    return current_app.extensions["simulator"]
+
+
+def ok(result=None, status: int = 200):
+    body = {"success": True, "messages": []}
+    if result is not None:
+        body["result"] = result
+    return jsonify(body), status
+
+
+def error(status: int, reason: str, message: str, details: list | None = None):
+    body = {"success": False, "messages": [], "error": {"code": status, "reason": reason, "message": message}}
+    body["error"]["details"] = details or []
+    return jsonify(body), status
+
+
+@bp.before_request
+def record_authenticate_and_misbehave():
+    store().enter()
+    store().record(request.method, request.path, request.headers.get("Idempotency-Key"), request.get_json(silent=True))
+    delay = store().take_delay()
+    if delay:
+        time.sleep(delay)
+    if store().take_fault("fail"):
+        return error(store().faults.fail_status, "unavailable", "The simulator was told to fail this request.")
+    if request.headers.get("Authorization") != f"Bearer {current_app.config['ACCESS_TOKEN']}":
+        return error(401, "unauthenticated", "The access token is missing or invalid.")
+    space = request.headers.get("Monime-Space-Id", "")
+    if not space.startswith("spc-") or len(space) > 64:
+        return error(400, "invalid_header", "Monime-Space-Id is required and must look like spc-...")
+    if space != current_app.config["SPACE_ID"]:
+        return error(403, "forbidden", "The access token has no access to this space.")
+    return None
+
+
+@bp.teardown_request
+def done(_exc):
+    store().leave()
+
+
+@bp.after_request
+def drop_connection_when_told(response):
+    if store().take_fault("drop"):
+        connection = request.environ.get("werkzeug.socket")
+        if connection is not None:
+            connection.shutdown(socket.SHUT_RDWR)  # the work is done; the answer never arrives
+    return response
+
+
+@bp.post("/checkout-sessions")
+def create_checkout_session():
+    key = request.headers.get("Idempotency-Key", "")
+    if not key or len(key) > 64:
+        return error(400, "invalid_header", "Idempotency-Key is required and at most 64 characters.")
+    body = request.get_json(silent=True)
+    problems = openapi.errors(openapi.CREATE_SESSION, body)
+    if problems:
+        return error(400, "validation_failed", "The request body is invalid.", problems)
+    session, _created = store().create_session(body, key, request.host_url)
+    if session is None:
+        return error(409, "idempotency_conflict", "This Idempotency-Key was used with a different request body.")
+    return ok(public(session))  # Monime answers 200 for a new and a replayed create alike
+
+
+@bp.get("/checkout-sessions")
+def list_checkout_sessions():
+    sessions = [public(session) for session in store().sessions.values()]
+    return jsonify({"success": True, "messages": [], "result": sessions, "pagination": {"count": len(sessions)}})
+
+
+@bp.get("/checkout-sessions/<session_id>")
+def get_checkout_session(session_id: str):
+    session = store().sessions.get(session_id)
+    if session is None:
+        return error(404, "not_found", f"No checkout session {session_id}.")
+    return ok(public(session))
+
+
+@bp.delete("/checkout-sessions/<session_id>")
+def delete_checkout_session(session_id: str):
+    session = store().sessions.get(session_id)
+    if session is None:
+        return error(404, "not_found", f"No checkout session {session_id}.")
+    if session["status"] != "pending":
+        return error(409, "invalid_state", "Only a session not yet used can be deleted.")
+    del store().sessions[session_id]
+    return ok()

@@ -1,0 +1,305 @@
+"""Fixtures: the service on SQLite and on a fresh Postgres database, in process
+and under gunicorn with two workers, against the Monime simulator over HTTP.
+
+Every HTTP-level test takes `api`, which runs it four ways: {sqlite, postgres}
+x {Flask test client, gunicorn}.
+"""
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+from flask_migrate import upgrade
+from sqlalchemy.engine import make_url
+from werkzeug.serving import make_server
+
+import simulator as simulator_package
+from app import create_app
+from models import db
+
+ROOT = Path(__file__).resolve().parent.parent
+WEBHOOK_SECRET = "whsec_test_current"
+PREVIOUS_WEBHOOK_SECRET = "whsec_test_previous"  # still accepted: a rotation in progress
+PUBLIC_BASE_URL = "http://checkout.test"
+APP_URL = "https://shop.example"
+SKIPPED_POSTGRES: list[str] = []
+
+
+def service_settings(database_url: str, simulator_url: str) -> dict[str, str]:
+    """The configuration shared by the in-process app and the gunicorn server."""
+    return {
+        "DATABASE_URL": database_url,
+        "MONIME_API_BASE_URL": simulator_url,
+        "MONIME_ACCESS_TOKEN": simulator_package.ACCESS_TOKEN,
+        "MONIME_SPACE_ID": simulator_package.SPACE_ID,
+        "MONIME_WEBHOOK_SECRET": f"{WEBHOOK_SECRET},{PREVIOUS_WEBHOOK_SECRET}",
+        "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "APP_URL": APP_URL,
+        # short, so failure paths are quick to test
+        "MONIME_CONNECT_TIMEOUT": "0.5",
+        "MONIME_READ_TIMEOUT": "0.5",
+        "MONIME_RETRY_DEADLINE": "1.5",
+        "MONIME_VERIFY_TIMEOUT": "0.5",
+    }
+
+
+def make_app(settings: dict[str, str], **overrides):
+    from config import from_environment
+
+    config = from_environment(settings) | {"TESTING": True} | overrides
+    return create_app(config)
+
+
+# --- the Monime simulator -------------------------------------------------
+
+
+class Simulator:
+    """The simulator's control API, over HTTP."""
+
+    access_token = simulator_package.ACCESS_TOKEN
+    space_id = simulator_package.SPACE_ID
+    webhook_secret = WEBHOOK_SECRET
+
+    def __init__(self, url: str):
+        self.url = url
+        self.http = requests.Session()
+
+    def _post(self, path: str, body: dict | None = None, expect: int = 200) -> dict:
+        response = self.http.post(f"{self.url}/_sim{path}", json=body or {}, timeout=30)
+        assert response.status_code == expect, response.text
+        return response.json()
+
+    def reset(self) -> None:
+        self._post("/reset")
+        self.configure(webhook_url="", webhook_secret=WEBHOOK_SECRET)
+
+    def configure(self, **options) -> None:
+        names = {"webhook_url": "webhookUrl", "webhook_secret": "webhookSecret"}
+        self._post("/config", {names[key]: value for key, value in options.items()})
+
+    def faults(self, **faults) -> None:
+        """delay=seconds, slow=N, fail=N, fail_status=503, drop=N"""
+        names = {"fail_status": "failStatus"}
+        self._post("/faults", {names.get(key, key): value for key, value in faults.items()})
+
+    def requests(self, method: str | None = None) -> list[dict]:
+        seen = self.http.get(f"{self.url}/_sim/requests", timeout=10).json()["requests"]
+        return [r for r in seen if method is None or r["method"] == method]
+
+    def sessions(self) -> list[dict]:
+        return self.http.get(f"{self.url}/_sim/sessions", timeout=10).json()["sessions"]
+
+    def deliveries(self) -> list[dict]:
+        return self.http.get(f"{self.url}/_sim/deliveries", timeout=10).json()["deliveries"]
+
+    def finish(self, session_id: str, action: str, deliver: bool = True, force: bool = False) -> dict:
+        return self._post(f"/sessions/{session_id}/{action}", {"deliver": deliver, "force": force})
+
+    def complete(self, session_id: str, deliver: bool = True, force: bool = False) -> dict:
+        return self.finish(session_id, "complete", deliver, force)
+
+    def cancel(self, session_id: str, deliver: bool = True, force: bool = False) -> dict:
+        return self.finish(session_id, "cancel", deliver, force)
+
+    def expire(self, session_id: str, deliver: bool = True, force: bool = False) -> dict:
+        return self.finish(session_id, "expire", deliver, force)
+
+
+@pytest.fixture(scope="session")
+def simulator_server():
+    app = simulator_package.create_app({"WEBHOOK_SECRET": WEBHOOK_SECRET})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Simulator(f"http://127.0.0.1:{server.port}")
+    server.shutdown()
+
+
+@pytest.fixture
+def simulator(simulator_server):
+    """The simulator, emptied: no sessions, no faults, no webhook URL."""
+    simulator_server.reset()
+    return simulator_server
+
+
+# --- databases --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A Postgres database made for this run (or TEST_DATABASE_URL), dropped after."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield os.environ["TEST_DATABASE_URL"]
+        return
+    admin_url = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and Postgres is unreachable at {admin_url}: {exc}", pytrace=False)
+        SKIPPED_POSTGRES.append(str(exc).strip())
+        pytest.skip("Postgres is unreachable: the Postgres half of the suite did NOT run")
+    name = f"monime_checkout_test_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin_url).set(drivername="postgresql+psycopg", database=name).render_as_string(False)
+    finally:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request, tmp_path_factory):
+    """Each database the service supports, with the schema made by the migrations."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/checkout.sqlite3"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    app = make_app(service_settings(url, "http://127.0.0.1:9"))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return url
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SKIPPED_POSTGRES:
+        terminalreporter.section("POSTGRES WAS NOT TESTED", sep="!", red=True, bold=True)
+        terminalreporter.line(f"Postgres was unreachable ({SKIPPED_POSTGRES[0]}).", red=True, bold=True)
+        terminalreporter.line("Every Postgres test was skipped. Under CI=true this is a failure.", red=True)
+
+
+# --- the service --------------------------------------------------------------
+
+
+@pytest.fixture
+def app(database_url, simulator):
+    app = make_app(service_settings(database_url, simulator.url))
+    with app.app_context():
+        for table in reversed(db.metadata.sorted_tables):
+            db.session.execute(table.delete())
+        db.session.commit()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+class LiveResponse:
+    """A requests response that reads like a Flask test response."""
+
+    def __init__(self, response: requests.Response):
+        self.status_code, self.headers, self.data = response.status_code, response.headers, response.content
+
+    @property
+    def json(self):
+        return self.get_json()
+
+    def get_json(self):
+        return json.loads(self.data) if self.data else None
+
+    @property
+    def text(self) -> str:
+        return self.data.decode()
+
+
+class LiveClient:
+    """Speaks to the gunicorn server with the Flask test client's vocabulary."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.http = requests.Session()
+
+    def open(self, path, method="GET", json=None, data=None, headers=None, query_string=None):
+        response = self.http.request(
+            method, self.url + path, json=json, data=data, headers=headers, params=query_string,
+            allow_redirects=False, timeout=60,
+        )  # fmt: skip
+        return LiveResponse(response)
+
+    def get(self, path, **kwargs):
+        return self.open(path, "GET", **kwargs)
+
+    def post(self, path, **kwargs):
+        return self.open(path, "POST", **kwargs)
+
+    def put(self, path, **kwargs):
+        return self.open(path, "PUT", **kwargs)
+
+    def delete(self, path, **kwargs):
+        return self.open(path, "DELETE", **kwargs)
+
+
+class LiveServer:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path):
+        self.url, self.process, self.log = url, process, log
+
+    def access_log(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith('{"time":"[')]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, deadline: float = 30) -> None:
+    give_up = time.monotonic() + deadline
+    while time.monotonic() < give_up:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)  # polling for readiness, bounded by the deadline
+    raise RuntimeError(f"gunicorn did not become healthy:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url, simulator_server, tmp_path_factory):
+    """The service as deployed: gunicorn.conf.py, gthread, two workers."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    env = os.environ | service_settings(database_url, simulator_server.url)
+    env |= {"GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "2", "LOG_LEVEL": "info"}
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, process, log)
+        yield LiveServer(url, process, log)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(params=["client", "gunicorn"])
+def api(request, app):
+    """The service, once through the Flask test client and once under gunicorn."""
+    if request.param == "client":
+        return app.test_client()
+    return LiveClient(request.getfixturevalue("live_server").url)

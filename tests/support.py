@@ -1,0 +1,83 @@
+"""Small helpers the tests share: payloads, checkouts, signed webhook deliveries."""
+
+import copy
+import json
+import secrets
+import time
+
+from conftest import WEBHOOK_SECRET
+from signatures import HEADER, sign
+
+WEBHOOK_PATH = "/api/webhooks/monime"
+
+
+def new_order_id() -> str:
+    return f"ord_{secrets.token_hex(6)}"
+
+
+def order_payload(order_id: str | None = None, **overrides) -> dict:
+    """A valid POST /api/checkout body, as the frontend in Monime's guide sends it."""
+    payload = {
+        "name": "Order #1001",
+        "orderId": order_id or new_order_id(),
+        "lineItems": [
+            {"type": "custom", "name": "Starter bundle", "price": {"currency": "SLE", "value": 2500}, "quantity": 2},
+            {"type": "custom", "name": "Gift wrap", "price": {"currency": "SLE", "value": 150}, "quantity": 1},
+        ],
+        "metadata": {"cartId": "cart_123"},
+        "callbackState": "state_cart_123",
+    }
+    payload.update(copy.deepcopy(overrides))
+    return payload
+
+
+ORDER_TOTAL = 2 * 2500 + 150
+
+
+def checkout(api, **overrides) -> dict:
+    """Create a checkout that must succeed; returns the response body."""
+    response = api.post("/api/checkout", json=order_payload(**overrides))
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def order(api, order_id: str) -> dict:
+    response = api.get(f"/api/orders/{order_id}")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def deliver(api, event: dict):
+    """POST a signed event the simulator produced, exactly as Monime would."""
+    return api.post(WEBHOOK_PATH, data=event["body"], headers=event["headers"])
+
+
+def signed_event(
+    name: str,
+    session_id: str,
+    *,
+    reference: str | None = None,
+    line_items: list | None = None,
+    event_id: str | None = None,
+) -> dict:
+    """A Monime event built by hand, for orders of arrival and contents the simulator would not produce."""
+    data = {"id": session_id, "status": name.rsplit(".", 1)[-1], "reference": reference}
+    if line_items is not None:
+        data["lineItems"] = {"data": line_items}
+    envelope = {
+        "apiVersion": "caph.2025-08-23",
+        "event": {"id": event_id or f"evt-{secrets.token_hex(8)}", "name": name, "timestamp": "2026-01-01T00:00:00Z"},
+        "object": {"id": session_id, "type": "checkout_session"},
+        "data": data,
+    }
+    return signed(json.dumps(envelope), event_id=envelope["event"]["id"])
+
+
+def signed(body: str | bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None, event_id=None) -> dict:
+    raw = body.encode() if isinstance(body, str) else body
+    header = sign(raw, secret, int(time.time()) if timestamp is None else timestamp)
+    return {"id": event_id, "body": raw, "headers": {HEADER: header, "Content-Type": "application/json"}}
+
+
+def items(value: int, currency: str = "SLE", quantity: int = 1) -> list:
+    return [{"type": "custom", "name": "x", "price": {"currency": currency, "value": value}, "quantity": quantity}]
