@@ -134,5 +134,7 @@ def insert_unless_exists(model, **values) -> bool:
     Against a concurrent insert of the same key the database decides: one
     wins, the other sees the row once the winner commits."""
     dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(model).values(**values).on_conflict_do_nothing()
-    return db.session.execute(statement).rowcount == 1
+    primary_key = model.__mapper__.primary_key[0]
+    statement = dialect.insert(model).values(**values).on_conflict_do_nothing().returning(primary_key)
+    # RETURNING, not rowcount: psycopg reports no row count for this statement
+    return db.session.execute(statement).first() is not None

@@ -1,0 +1,340 @@
+"""POST /api/webhooks/monime: signatures, storage, and the order state rules."""
+
+import json
+import time
+
+import pytest
+
+from conftest import PREVIOUS_WEBHOOK_SECRET
+from models import WebhookEvent, db
+from support import (
+    ORDER_TOTAL,
+    WEBHOOK_PATH,
+    checkout,
+    deliver,
+    items,
+    order,
+    order_payload,
+    signed,
+    signed_event,
+)
+
+
+def stored_events(app) -> dict[str, WebhookEvent]:
+    with app.app_context():
+        return {event.id: event for event in db.session.scalars(db.select(WebhookEvent))}
+
+
+def test_a_completed_session_completes_the_order(api, app, simulator):
+    body = checkout(api, orderId="ord_happy")
+    event = simulator.complete(body["sessionId"], deliver=False)["event"]
+
+    response = deliver(api, event)
+
+    assert response.status_code == 200
+    assert response.get_json() == {"received": True, "eventId": event["id"], "duplicate": False, "outcome": "applied"}
+    assert order(api, "ord_happy")["status"] == "completed"
+    stored = stored_events(app)[event["id"]]
+    assert (stored.outcome, stored.order_id, stored.session_id) == ("applied", "ord_happy", body["sessionId"])
+    assert stored.body == event["body"]
+
+
+def test_the_simulator_delivers_the_signed_webhook_to_the_running_service(live_server, app, simulator):
+    from conftest import LiveClient
+
+    api = LiveClient(live_server.url)
+    simulator.configure(webhook_url=f"{live_server.url}{WEBHOOK_PATH}")
+    body = checkout(api, orderId="ord_delivered")
+
+    result = simulator.complete(body["sessionId"])
+
+    assert result["delivery"]["status"] == 200
+    assert order(api, "ord_delivered")["status"] == "completed"
+
+
+@pytest.mark.parametrize("ending", ["cancel", "expire"])
+def test_a_cancelled_or_expired_session_ends_the_pending_order(api, simulator, ending):
+    body = checkout(api)
+    deliver(api, simulator.finish(body["sessionId"], ending, deliver=False)["event"])
+    assert order(api, body["orderId"])["status"] == {"cancel": "cancelled", "expire": "expired"}[ending]
+
+
+# --- signatures ------------------------------------------------------------------
+
+
+def completion(api, simulator) -> tuple[str, dict]:
+    body = checkout(api)
+    return body["orderId"], simulator.complete(body["sessionId"], deliver=False)["event"]
+
+
+def tamper_body(event):
+    return event | {"body": event["body"].replace('"completed"', '"complete\\u0064"', 1)}
+
+
+def header(event, value):
+    return event | {"headers": {"Content-Type": "application/json", "Monime-Signature": value}}
+
+
+SIGNATURE_FAILURES = {
+    "missing header": lambda e: e | {"headers": {"Content-Type": "application/json"}},
+    "empty header": lambda e: header(e, ""),
+    "malformed header": lambda e: header(e, "sha256=abc"),
+    "no v1": lambda e: header(e, f"t={int(time.time())}"),
+    "wrong secret": lambda e: signed(e["body"], secret="whsec_someone_else"),
+    "stale timestamp": lambda e: signed(e["body"], timestamp=int(time.time()) - 301),
+    "future timestamp": lambda e: signed(e["body"], timestamp=int(time.time()) + 301),
+    "tampered body": tamper_body,
+    "signature of another body": lambda e: header(e, signed(b"{}")["headers"]["Monime-Signature"]),
+}
+
+
+@pytest.mark.parametrize("spoil", SIGNATURE_FAILURES.values(), ids=SIGNATURE_FAILURES.keys())
+def test_a_bad_signature_is_401_and_changes_nothing(api, app, simulator, spoil):
+    order_id, event = completion(api, simulator)
+
+    response = deliver(api, spoil(event))
+
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "invalid_signature"
+    assert order(api, order_id)["status"] == "pending"
+    assert stored_events(app) == {}
+
+
+def test_an_event_signed_with_the_previous_secret_is_accepted_during_rotation(api, simulator):
+    order_id, event = completion(api, simulator)
+    response = deliver(api, signed(event["body"], secret=PREVIOUS_WEBHOOK_SECRET))
+    assert response.status_code == 200
+    assert order(api, order_id)["status"] == "completed"
+
+
+def test_a_body_over_one_mebibyte_is_413_and_changes_nothing(api, app):
+    body = json.dumps({"padding": "x" * (1024 * 1024)})
+    response = deliver(api, signed(body))
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "request_entity_too_large"
+    assert stored_events(app) == {}
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["{not json", "[]", '"event"', "{}", '{"event": {"name": "x"}}', '{"event": {"id": 1, "name": "x"}}', b"\xff\xfe"],
+)
+def test_a_signed_body_that_is_not_an_event_is_400(api, app, body):
+    response = deliver(api, signed(body))
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "malformed_event"
+    assert stored_events(app) == {}
+
+
+# --- once per event ----------------------------------------------------------------
+
+
+def test_a_redelivered_event_is_acknowledged_and_applied_once(api, app, simulator):
+    order_id, event = completion(api, simulator)
+
+    first, second = deliver(api, event), deliver(api, event)
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert (first.get_json()["duplicate"], second.get_json()["duplicate"]) == (False, True)
+    assert list(stored_events(app)) == [event["id"]]
+    assert stored_events(app)[event["id"]].attempts == 1
+    assert order(api, order_id)["status"] == "completed"
+
+
+@pytest.mark.parametrize("late", ["checkout_session.expired", "checkout_session.cancelled"])
+def test_a_completed_order_stays_completed_whatever_arrives_later(api, app, simulator, late):
+    order_id, event = completion(api, simulator)
+    deliver(api, event)
+    session_id = order(api, order_id)["checkoutSessionId"]
+
+    response = deliver(api, signed_event(late, session_id))
+
+    assert response.get_json()["outcome"] == "unchanged"
+    assert order(api, order_id)["status"] == "completed"
+
+
+@pytest.mark.parametrize("early", ["checkout_session.expired", "checkout_session.cancelled"])
+def test_a_completion_wins_over_an_earlier_expiry_or_cancellation(api, simulator, early):
+    body = checkout(api)
+    deliver(api, signed_event(early, body["sessionId"]))
+    assert order(api, body["orderId"])["status"] != "pending"
+
+    response = deliver(api, simulator.complete(body["sessionId"], deliver=False)["event"])
+
+    assert response.get_json()["outcome"] == "applied"
+    assert order(api, body["orderId"])["status"] == "completed"
+
+
+def test_a_repeated_completion_under_a_new_event_id_changes_nothing(api, app, simulator):
+    order_id, event = completion(api, simulator)
+    deliver(api, event)
+    session_id = order(api, order_id)["checkoutSessionId"]
+
+    again = deliver(api, signed_event("checkout_session.completed", session_id, line_items=items(ORDER_TOTAL)))
+
+    assert again.get_json()["outcome"] == "unchanged"
+    assert order(api, order_id)["review"] is None
+
+
+# --- amounts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line_items",
+    [items(ORDER_TOTAL - 1), items(ORDER_TOTAL, currency="USD"), items(1, quantity=ORDER_TOTAL + 1)],
+    ids=["amount lower", "other currency", "amount higher"],
+)
+def test_a_completion_for_another_amount_is_held_for_review(api, app, line_items):
+    body = checkout(api)
+    event = signed_event("checkout_session.completed", body["sessionId"], line_items=line_items)
+
+    response = deliver(api, event)
+
+    assert response.status_code == 200
+    assert response.get_json()["outcome"] == "held"
+    stored = order(api, body["orderId"])
+    assert stored["status"] == "pending"
+    assert stored["review"]["eventId"] == event["id"]
+    assert "amount mismatch" in stored["review"]["reason"]
+    assert stored_events(app)[event["id"]].outcome == "held"
+
+
+@pytest.mark.parametrize(
+    "line_items",
+    [
+        [{"name": "x", "price": {"currency": "SLE", "value": "5300"}, "quantity": 1}],
+        [{"name": "x", "price": {"currency": "SLE", "value": 5300.0}}],
+        items(100) + items(5200, currency="USD"),
+        [{"name": "x"}],
+        ["not an item"],
+    ],
+    ids=["value as string", "value as float", "mixed currencies", "no price", "not an object"],
+)
+def test_a_completion_whose_amount_cannot_be_read_is_held(api, line_items):
+    body = checkout(api)
+    response = deliver(api, signed_event("checkout_session.completed", body["sessionId"], line_items=line_items))
+    assert response.get_json()["outcome"] == "held"
+    assert order(api, body["orderId"])["status"] == "pending"
+
+
+def test_a_completion_without_line_items_is_checked_against_monimes_session(api, simulator):
+    body = checkout(api)
+    simulator.complete(body["sessionId"], deliver=False)
+
+    response = deliver(api, signed_event("checkout_session.completed", body["sessionId"]))
+
+    assert response.get_json()["outcome"] == "applied"
+    assert order(api, body["orderId"])["status"] == "completed"
+    assert [r["path"] for r in simulator.requests("GET")] == [f"/v1/checkout-sessions/{body['sessionId']}"]
+
+
+def test_a_completion_of_a_session_monime_does_not_know_is_held(api, simulator):
+    body = checkout(api)
+    simulator.reset()  # Monime forgets the session
+
+    response = deliver(api, signed_event("checkout_session.completed", body["sessionId"]))
+
+    assert response.get_json()["outcome"] == "held"
+    assert "does not know" in order(api, body["orderId"])["review"]["reason"]
+
+
+def test_when_monime_cannot_confirm_a_completion_the_event_is_kept_failed_and_redelivery_applies_it(
+    api, app, simulator
+):
+    body = checkout(api)
+    event = signed_event("checkout_session.completed", body["sessionId"])
+    simulator.faults(fail=1000)
+
+    refused = deliver(api, event)
+
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"]
+    assert stored_events(app)[event["id"]].outcome == "failed"
+    assert order(api, body["orderId"])["status"] == "pending"
+
+    simulator.faults()
+    accepted = deliver(api, event)
+
+    assert accepted.get_json() == {"received": True, "eventId": event["id"], "duplicate": False, "outcome": "applied"}
+    assert stored_events(app)[event["id"]].attempts == 2
+    assert order(api, body["orderId"])["status"] == "completed"
+
+
+# --- events that belong to no order, or to an earlier session ----------------------------
+
+
+def test_an_unknown_event_name_is_stored_and_acknowledged(api, app):
+    event = signed_event("payment.created", "pay-123")
+    response = deliver(api, event)
+    assert response.status_code == 200
+    assert response.get_json()["outcome"] == "ignored"
+    assert stored_events(app)[event["id"]].name == "payment.created"
+
+
+def test_an_event_for_an_unknown_session_is_stored_and_acknowledged(api, app):
+    event = signed_event("checkout_session.completed", "scs-nobody", reference="ord_nobody", line_items=items(1))
+    response = deliver(api, event)
+    assert response.status_code == 200
+    assert response.get_json()["outcome"] == "unmatched"
+    assert stored_events(app)[event["id"]].outcome == "unmatched"
+
+
+def test_the_reference_finds_an_order_whose_session_was_never_recorded(api, simulator):
+    simulator.faults(drop=1000)  # Monime makes the session; we never learn its id
+    assert api.post("/api/checkout", json=order_payload("ord_by_reference")).status_code == 502
+    simulator.faults()
+    [session] = simulator.sessions()
+
+    response = deliver(api, simulator.complete(session["id"], deliver=False)["event"])
+
+    assert response.get_json()["outcome"] == "applied"
+    assert order(api, "ord_by_reference")["status"] == "completed"
+    assert order(api, "ord_by_reference")["checkoutSessionId"] == session["id"]
+
+
+def test_the_reference_does_not_claim_an_order_that_has_its_own_session(api):
+    body = checkout(api)
+    event = signed_event(
+        "checkout_session.completed", "scs-stranger", reference=body["orderId"], line_items=items(ORDER_TOTAL)
+    )
+    assert deliver(api, event).get_json()["outcome"] == "unmatched"
+    assert order(api, body["orderId"])["status"] == "pending"
+
+
+def test_a_late_completion_of_an_earlier_session_still_completes_the_order(api, simulator):
+    first = checkout(api, orderId="ord_two_sessions")
+    deliver(api, simulator.cancel(first["sessionId"], deliver=False)["event"])
+    second = api.post("/api/checkout", json=order_payload("ord_two_sessions")).get_json()
+
+    response = deliver(api, simulator.complete(first["sessionId"], deliver=False, force=True)["event"])
+
+    assert response.get_json()["outcome"] == "applied"
+    stored = order(api, "ord_two_sessions")
+    assert stored["status"] == "completed"
+    assert stored["checkoutSessionId"] == first["sessionId"] != second["sessionId"]
+
+
+def test_a_late_expiry_of_an_earlier_session_changes_nothing(api, simulator):
+    first = checkout(api, orderId="ord_newer")
+    deliver(api, simulator.cancel(first["sessionId"], deliver=False)["event"])
+    second = api.post("/api/checkout", json=order_payload("ord_newer")).get_json()
+
+    response = deliver(api, simulator.expire(first["sessionId"], deliver=False, force=True)["event"])
+
+    assert response.get_json()["outcome"] == "unchanged"
+    assert order(api, "ord_newer")["status"] == "pending"
+    assert order(api, "ord_newer")["checkoutSessionId"] == second["sessionId"]
+
+
+def test_a_second_session_paid_for_a_completed_order_is_held_as_a_double_payment(api, simulator):
+    first = checkout(api, orderId="ord_double")
+    deliver(api, simulator.cancel(first["sessionId"], deliver=False)["event"])
+    second = api.post("/api/checkout", json=order_payload("ord_double")).get_json()
+    deliver(api, simulator.complete(second["sessionId"], deliver=False)["event"])
+
+    response = deliver(api, simulator.complete(first["sessionId"], deliver=False, force=True)["event"])
+
+    assert response.get_json()["outcome"] == "held"
+    stored = order(api, "ord_double")
+    assert (stored["status"], stored["checkoutSessionId"]) == ("completed", second["sessionId"])
+    assert "double payment" in stored["review"]["reason"]
