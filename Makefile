@@ -22,3 +22,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
+
+# buildah, podman and runc build and run the image without a Docker daemon;
+# debootstrap makes the local base image (see tests/test_image.py).
+.PHONY: docker-tools
+docker-tools:
+	dpkg -s buildah podman runc debootstrap >/dev/null 2>&1 \
+		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y buildah podman runc debootstrap)
+
+docker-test: install docker-tools
+	$(BIN)/pytest -m docker tests/test_image.py

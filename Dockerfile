@@ -1,0 +1,40 @@
+# The service image. `make docker-test` builds it on a local Debian base with
+# --build-arg BASE=...; the default is the official slim image.
+ARG BASE=python:3.11.14-slim-bookworm
+FROM ${BASE}
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+
+WORKDIR /app
+
+# The app user owns only instance/ (the SQLite default); the code copied below
+# stays root's and read-only to it. --no-log-init: with a high uid, useradd
+# would otherwise grow /var/log/lastlog and faillog to a sparse giant.
+RUN groupadd --gid 10001 app \
+    && useradd --no-log-init --uid 10001 --gid app --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin app \
+    && mkdir instance \
+    && chown app:app instance
+
+# Dependencies before code, so a code change does not reinstall them.
+COPY requirements.txt .
+RUN python3 -m venv /opt/venv \
+    && pip install --no-cache-dir -r requirements.txt
+
+# The service is the top-level modules plus these two packages.
+COPY *.py ./
+COPY api/ api/
+COPY migrations/ migrations/
+
+USER 10001:10001
+EXPOSE 8000
+
+# Slim images have no curl, so the check is a line of Python.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4)"]
+
+# exec: gunicorn replaces the shell as PID 1, so the SIGTERM of `docker stop`
+# reaches it and it shuts down gracefully.
+CMD ["sh", "-c", "flask --app app db upgrade && exec gunicorn -c gunicorn.conf.py wsgi:app"]
