@@ -1,0 +1,97 @@
+"""Start-up configuration: the service refuses to run misconfigured, naming what is wrong."""
+
+import pytest
+
+from app import create_app
+from config import ConfigError, check, from_environment, normalise_database_url
+
+VALID = {
+    "MONIME_ACCESS_TOKEN": "mon_live_x",
+    "MONIME_SPACE_ID": "spc-x",
+    "MONIME_WEBHOOK_SECRET": "whsec_x",
+    "PUBLIC_BASE_URL": "https://pay.shop.example",
+    "APP_URL": "https://shop.example",
+    "DATABASE_URL": "sqlite://",
+}
+
+
+def refusal(relaxed=False, **changes) -> str:
+    environment = {key: value for key, value in (VALID | changes).items() if value is not None}
+    with pytest.raises(ConfigError) as caught:
+        check(from_environment(environment), relaxed=relaxed)
+    return str(caught.value)
+
+
+def test_a_complete_environment_is_accepted():
+    config = from_environment(VALID)
+    check(config, relaxed=False)
+    assert config["MONIME_API_BASE_URL"] == "https://api.monime.io"
+    assert config["MONIME_WEBHOOK_TOLERANCE"] == 300
+
+
+@pytest.mark.parametrize("name", ["MONIME_WEBHOOK_SECRET", "PUBLIC_BASE_URL", "APP_URL"])
+def test_a_missing_required_setting_is_named(name):
+    assert f"{name} is required" in refusal(**{name: None})
+    assert f"{name} is required" in refusal(relaxed=True, **{name: None})
+
+
+@pytest.mark.parametrize("name", ["MONIME_ACCESS_TOKEN", "MONIME_SPACE_ID"])
+def test_monime_credentials_are_required_outside_tests_and_development(name):
+    assert f"{name} is required" in refusal(**{name: None})
+    check(from_environment({k: v for k, v in VALID.items() if k != name}), relaxed=True)
+
+
+def test_every_problem_is_named_at_once():
+    message = refusal(MONIME_WEBHOOK_SECRET=None, APP_URL="shop.example", MONIME_READ_TIMEOUT="soon")
+    assert "MONIME_WEBHOOK_SECRET" in message and "APP_URL" in message and "MONIME_READ_TIMEOUT" in message
+
+
+@pytest.mark.parametrize("url", ["shop.example", "ftp://shop.example", "https://shop.example/?next=x", "https://"])
+def test_urls_must_be_absolute_http(url):
+    assert "APP_URL must be an absolute" in refusal(APP_URL=url)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", ""])
+def test_timeouts_must_be_positive_numbers(value):
+    assert "MONIME_RETRY_DEADLINE" in refusal(MONIME_RETRY_DEADLINE=value)
+
+
+def test_a_public_base_url_too_long_for_monimes_255_character_urls_is_refused():
+    longest_allowed = "https://" + "p" * (125 - len("https://"))
+    check(from_environment(VALID | {"PUBLIC_BASE_URL": longest_allowed}), relaxed=False)
+    assert "PUBLIC_BASE_URL is too long" in refusal(PUBLIC_BASE_URL=longest_allowed + "p")
+
+
+def test_several_webhook_secrets_may_be_given_for_rotation():
+    config = from_environment(VALID | {"MONIME_WEBHOOK_SECRET": " whsec_new , whsec_old,"})
+    check(config, relaxed=False)
+    assert config["MONIME_WEBHOOK_SECRETS"] == ["whsec_new", "whsec_old"]
+
+
+def test_trailing_slashes_are_dropped_from_urls():
+    config = from_environment(VALID | {"PUBLIC_BASE_URL": "https://pay.example/", "APP_URL": "https://shop.example/"})
+    check(config, relaxed=False)
+    assert (config["PUBLIC_BASE_URL"], config["APP_URL"]) == ("https://pay.example", "https://shop.example")
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgres://u:p@db/shop", "postgresql+psycopg://u:p@db/shop"),
+        ("postgresql://u@db/shop", "postgresql+psycopg://u@db/shop"),
+        ("postgresql+psycopg://u@db/shop", "postgresql+psycopg://u@db/shop"),
+        ("sqlite:////data/shop.db", "sqlite:////data/shop.db"),
+    ],
+)
+def test_postgres_urls_are_spoken_with_psycopg_3(given, used):
+    assert normalise_database_url(given) == used
+
+
+def test_without_database_url_the_service_uses_sqlite_under_instance():
+    app = create_app(from_environment(VALID | {"DATABASE_URL": ""}) | {"TESTING": True})
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{app.instance_path}/monime-checkout.sqlite3"
+
+
+def test_create_app_refuses_to_start_misconfigured():
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL is required"):
+        create_app(from_environment(VALID | {"PUBLIC_BASE_URL": ""}))
