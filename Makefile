@@ -15,6 +15,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+dev: install
+	scripts/dev
+
 test: install
 	$(BIN)/pytest
 
@@ -30,5 +33,8 @@ docker-tools:
 	dpkg -s buildah podman runc debootstrap >/dev/null 2>&1 \
 		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y buildah podman runc debootstrap)
 
-docker-test: install docker-tools
+docker-dev: install
+	scripts/dev
+
+test: install docker-tools
 	$(BIN)/pytest -m docker tests/test_image.py
