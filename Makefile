@@ -33,8 +33,5 @@ docker-tools:
 	dpkg -s buildah podman runc debootstrap >/dev/null 2>&1 \
 		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y buildah podman runc debootstrap)
 
-docker-dev: install
-	scripts/dev
-
-test: install docker-tools
+docker-test: install docker-tools
 	$(BIN)/pytest -m docker tests/test_image.py
