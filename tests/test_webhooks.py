@@ -301,40 +301,42 @@ def test_the_reference_does_not_claim_an_order_that_has_its_own_session(api):
     assert order(api, body["orderId"])["status"] == "pending"
 
 
-def test_a_late_completion_of_an_earlier_session_still_completes_the_order(api, simulator):
-    first = checkout(api, orderId="ord_two_sessions")
-    deliver(api, simulator.cancel(first["sessionId"], deliver=False)["event"])
-    second = api.post("/api/checkout", json=order_payload("ord_two_sessions")).get_json()
+def cancelled_then_resubmitted(api, simulator, order_id: str) -> tuple[str, str]:
+    """An order whose first session was cancelled and which got a second one: (first, second) session ids."""
+    first = checkout(api, orderId=order_id)["sessionId"]
+    deliver(api, simulator.cancel(first, deliver=False)["event"])
+    second = api.post("/api/checkout", json=order_payload(order_id)).get_json()["sessionId"]
+    return first, second
 
-    response = deliver(api, simulator.complete(first["sessionId"], deliver=False, force=True)["event"])
+
+def test_a_late_completion_of_an_earlier_session_still_completes_the_order(api, simulator):
+    first, second = cancelled_then_resubmitted(api, simulator, "ord_two_sessions")
+
+    response = deliver(api, simulator.complete(first, deliver=False, force=True)["event"])
 
     assert response.get_json()["outcome"] == "applied"
     stored = order(api, "ord_two_sessions")
     assert stored["status"] == "completed"
-    assert stored["checkoutSessionId"] == first["sessionId"] != second["sessionId"]
+    assert stored["checkoutSessionId"] == first != second
 
 
 def test_a_late_expiry_of_an_earlier_session_changes_nothing(api, simulator):
-    first = checkout(api, orderId="ord_newer")
-    deliver(api, simulator.cancel(first["sessionId"], deliver=False)["event"])
-    second = api.post("/api/checkout", json=order_payload("ord_newer")).get_json()
+    first, second = cancelled_then_resubmitted(api, simulator, "ord_newer")
 
-    response = deliver(api, simulator.expire(first["sessionId"], deliver=False, force=True)["event"])
+    response = deliver(api, simulator.expire(first, deliver=False, force=True)["event"])
 
     assert response.get_json()["outcome"] == "unchanged"
     assert order(api, "ord_newer")["status"] == "pending"
-    assert order(api, "ord_newer")["checkoutSessionId"] == second["sessionId"]
+    assert order(api, "ord_newer")["checkoutSessionId"] == second
 
 
 def test_a_second_session_paid_for_a_completed_order_is_held_as_a_double_payment(api, simulator):
-    first = checkout(api, orderId="ord_double")
-    deliver(api, simulator.cancel(first["sessionId"], deliver=False)["event"])
-    second = api.post("/api/checkout", json=order_payload("ord_double")).get_json()
-    deliver(api, simulator.complete(second["sessionId"], deliver=False)["event"])
+    first, second = cancelled_then_resubmitted(api, simulator, "ord_double")
+    deliver(api, simulator.complete(second, deliver=False)["event"])
 
-    response = deliver(api, simulator.complete(first["sessionId"], deliver=False, force=True)["event"])
+    response = deliver(api, simulator.complete(first, deliver=False, force=True)["event"])
 
     assert response.get_json()["outcome"] == "held"
     stored = order(api, "ord_double")
-    assert (stored["status"], stored["checkoutSessionId"]) == ("completed", second["sessionId"])
+    assert (stored["status"], stored["checkoutSessionId"]) == ("completed", second)
     assert "double payment" in stored["review"]["reason"]
