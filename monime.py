@@ -122,13 +122,15 @@ class MonimeClient:
     def _rejection(self, response: requests.Response) -> MonimeRejected:
         try:
             error = response.json().get("error") or {}
-            reason, message = str(error.get("reason", "")), str(error.get("message", ""))
+            reason, message = str(error.get("reason") or "unknown"), str(error.get("message") or "no message")
         except (ValueError, AttributeError):
-            reason, message = "", ""
-        # Whatever Monime echoes back, the token never leaves this module.
-        message = message.replace(self._token, "[redacted]") if self._token else message
+            reason, message = "unknown", "no message"
         kind = MonimeNotFound if response.status_code == 404 else MonimeRejected
-        return kind(response.status_code, reason or "unknown", message[:300] or "no message")
+        return kind(response.status_code, self._redact(reason)[:100], self._redact(message)[:300])
+
+    def _redact(self, text: str) -> str:
+        """Whatever Monime echoes back, the token never leaves this module."""
+        return text.replace(self._token, "[redacted]") if self._token else text
 
 
 def _backoff(attempt: int) -> float:

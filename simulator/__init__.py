@@ -15,7 +15,7 @@ faults: added latency, 5xx answers, dropped connections.
 
 from flask import Flask
 
-from simulator import api, control, hosted
+from simulator import api, control, hosted, openapi
 from simulator.store import Store
 
 ACCESS_TOKEN = "mon_test_simulator"
@@ -31,4 +31,5 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["simulator"] = Store(app.config["WEBHOOK_URL"], app.config["WEBHOOK_SECRET"])
     for blueprint in (api.bp, control.bp, hosted.bp):
         app.register_blueprint(blueprint)
+    openapi.validator(openapi.CREATE_SESSION)  # parse Monime's document now, not during a first request
     return app

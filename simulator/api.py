@@ -97,5 +97,5 @@ def delete_checkout_session(session_id: str):
         return error(404, "not_found", f"No checkout session {session_id}.")
     if session["status"] != "pending":
         return error(409, "invalid_state", "Only a session not yet used can be deleted.")
-    del store().sessions[session_id]
+    store().delete_session(session_id)
     return ok()

@@ -17,9 +17,17 @@ def find(session_id: str) -> dict:
 @bp.get("/checkout/<session_id>")
 def page(session_id: str):
     session = find(session_id)
-    items = session["lineItems"]["data"]
-    total = sum(item["price"]["value"] * item["quantity"] for item in items)
-    return render_template("checkout.html", s=session, total=total, currency=items[0]["price"]["currency"])
+    lines = [line_of(item) for item in (session.get("lineItems") or {}).get("data") or []]
+    total = sum(line["amount"] for line in lines)
+    currency = lines[0]["currency"] if lines else ""
+    return render_template("checkout.html", s=session, lines=lines, total=total, currency=currency)
+
+
+def line_of(item: dict) -> dict:
+    """What the page shows of a line item; Monime's schema leaves price and quantity optional."""
+    price, quantity = item.get("price") or {}, item.get("quantity") or 1
+    amount = (price.get("value") or 0) * quantity
+    return {"name": item.get("name", ""), "quantity": quantity, "currency": price.get("currency", ""), "amount": amount}
 
 
 @bp.post("/checkout/<session_id>/<choice>")
@@ -30,4 +38,7 @@ def choose(session_id: str, choice: str):
     if session is None:
         abort(409)
     emit(session, status, deliver=True)
-    return redirect(session["successUrl" if status == "completed" else "cancelUrl"], 303)
+    back = session["successUrl" if status == "completed" else "cancelUrl"]
+    if not back:  # a session made without the URL: nowhere to send the shopper
+        return render_template("checkout.html", s=session, lines=[], total=0, currency="")
+    return redirect(back, 303)

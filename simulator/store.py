@@ -97,6 +97,13 @@ class Store:
             self.idempotency[key] = (digest, session["id"])
             return session, True
 
+    def delete_session(self, session_id: str) -> None:
+        """Forget a session and the keys that made it: replaying that create makes a new one."""
+        with self.lock:
+            del self.sessions[session_id]
+            for key in [key for key, (_, made) in self.idempotency.items() if made == session_id]:
+                del self.idempotency[key]
+
     def transition(self, session_id: str, status: str, force: bool = False) -> dict | None:
         """Move a pending session to a final status; None if it is not pending (unless forced)."""
         with self.lock:

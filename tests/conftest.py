@@ -11,7 +11,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,17 +19,13 @@ import pytest
 import requests
 from flask_migrate import upgrade
 from sqlalchemy.engine import make_url
-from werkzeug.serving import make_server
 
 import simulator as simulator_package
 from app import create_app
 from models import db
+from support import APP_URL, PREVIOUS_WEBHOOK_SECRET, PUBLIC_BASE_URL, WEBHOOK_SECRET, serving
 
 ROOT = Path(__file__).resolve().parent.parent
-WEBHOOK_SECRET = "whsec_test_current"
-PREVIOUS_WEBHOOK_SECRET = "whsec_test_previous"  # still accepted: a rotation in progress
-PUBLIC_BASE_URL = "http://checkout.test"
-APP_URL = "https://shop.example"
 SKIPPED_POSTGRES: list[str] = []
 
 
@@ -116,19 +111,16 @@ class Simulator:
 
 @pytest.fixture(scope="session")
 def simulator_server():
-    app = simulator_package.create_app({"WEBHOOK_SECRET": WEBHOOK_SECRET})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield Simulator(f"http://127.0.0.1:{server.port}")
-    server.shutdown()
+    with serving(simulator_package.create_app({"WEBHOOK_SECRET": WEBHOOK_SECRET})) as url:
+        yield Simulator(url)
 
 
 @pytest.fixture
 def simulator(simulator_server):
-    """The simulator, emptied: no sessions, no faults, no webhook URL."""
+    """The simulator, emptied: no sessions, no faults, no webhook URL; no fault outlives the test."""
     simulator_server.reset()
-    return simulator_server
+    yield simulator_server
+    simulator_server.faults()
 
 
 # --- databases --------------------------------------------------------------

@@ -3,11 +3,18 @@
 import copy
 import json
 import secrets
+import threading
 import time
+from contextlib import contextmanager
 
-from conftest import WEBHOOK_SECRET
+from werkzeug.serving import make_server
+
 from signatures import HEADER, sign
 
+WEBHOOK_SECRET = "whsec_test_current"
+PREVIOUS_WEBHOOK_SECRET = "whsec_test_previous"  # still accepted: a rotation in progress
+PUBLIC_BASE_URL = "http://checkout.test"
+APP_URL = "https://shop.example"
 WEBHOOK_PATH = "/api/webhooks/monime"
 
 
@@ -32,6 +39,21 @@ def order_payload(order_id: str | None = None, **overrides) -> dict:
 
 
 ORDER_TOTAL = 2 * 2500 + 150
+
+# A CreateCheckoutSession body as Monime documents it, for speaking to the simulator directly.
+SESSION_REQUEST = {
+    "name": "Order #1001",
+    "description": "Two bundles and a wrap",
+    "reference": "ord_1001",
+    "successUrl": "https://shop.example/checkout/success?orderId=ord_1001",
+    "cancelUrl": "https://shop.example/checkout/cancel?orderId=ord_1001",
+    "lineItems": [
+        {"type": "custom", "name": "Starter bundle", "price": {"currency": "SLE", "value": 2500}, "quantity": 2},
+        {"type": "custom", "name": "Gift wrap", "price": {"currency": "SLE", "value": 150}},
+    ],
+    "metadata": {"orderId": "ord_1001"},
+    "callbackState": "state_kept_from_read_apis",
+}
 
 
 def checkout(api, **overrides) -> dict:
@@ -81,3 +103,17 @@ def signed(body: str | bytes, secret: str = WEBHOOK_SECRET, timestamp: int | Non
 
 def items(value: int, currency: str = "SLE", quantity: int = 1) -> list:
     return [{"type": "custom", "name": "x", "price": {"currency": currency, "value": value}, "quantity": quantity}]
+
+
+@contextmanager
+def serving(wsgi_app):
+    """Serve a WSGI app over real HTTP on a free local port, in a thread; yields its URL."""
+    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
