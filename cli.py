@@ -1,12 +1,65 @@
-"""Operations as `flask` commands."""
+"""Operations as `flask` commands: `flask --app app orders ...` and `flask --app app events ...`."""
+
+import re
+from datetime import timedelta
 
 import click
 from flask.cli import AppGroup
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
-from models import Order, Outcome, WebhookEvent, db
+import events
+from models import CheckoutSession, Order, Outcome, WebhookEvent, db
 
-orders_cli = AppGroup("orders", help="Inspect orders.")
+orders_cli = AppGroup("orders", help="Inspect and reconcile orders.")
+events_cli = AppGroup("events", help="Inspect and replay stored webhook events.")
+
+
+class Duration(click.ParamType):
+    """90s, 10m, 2h, 1d (or plain seconds)."""
+
+    name = "duration"
+    UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "": "seconds"}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, timedelta):
+            return value
+        match = re.fullmatch(r"(\d+)([smhd]?)", value.strip())
+        if not match:
+            self.fail(f"{value!r} is not a duration like 90s, 10m, 2h or 1d", param, ctx)
+        return timedelta(**{self.UNITS[match[2]]: int(match[1])})
+
+
+@orders_cli.command("reconcile")
+@click.option("--older-than", type=Duration(), default="10m", show_default=True, help="Only sessions this old.")
+@click.option("--limit", type=click.IntRange(min=1), default=500, show_default=True, help="Monime lookups per run.")
+@click.option("--dry-run", is_flag=True, help="Ask Monime and report, but change nothing.")
+def reconcile(older_than: timedelta, limit: int, dry_run: bool) -> None:
+    """Bring pending orders up to Monime's truth, for webhooks that never arrived."""
+    tally = events.reconcile(older_than, limit, dry_run)
+    counts = ", ".join(f"{outcome} {count}" for outcome, count in sorted(tally.items())) or "nothing to do"
+    click.echo(f"{'would reconcile' if dry_run else 'reconciled'} {sum(tally.values())} orders: {counts}")
+    if tally[Outcome.FAILED]:
+        raise SystemExit(1)  # Monime could not be asked about every order: a scheduler should see it
+
+
+@orders_cli.command("show")
+@click.argument("order_id")
+def show(order_id: str) -> None:
+    """An order, its sessions and every event about it."""
+    order = db.session.get(Order, order_id)
+    if order is None:
+        raise click.ClickException(f"no order {order_id!r}")
+    click.echo(f"order {order.id} [{order.status}] {order.currency} {order.amount} {order.name!r}")
+    click.echo(f"  created {order.created_at:%Y-%m-%d %H:%M:%S}, updated {order.updated_at:%Y-%m-%d %H:%M:%S}")
+    if order.review_reason:
+        click.echo(f"  held for review: {order.review_reason} (event {order.review_event_id or '-'})")
+    sessions = db.session.scalars(select(CheckoutSession).where(CheckoutSession.order_id == order.id)).all()
+    for session in sorted(sessions, key=lambda s: s.created_at):
+        current = " (current)" if session.id == order.checkout_session_id else ""
+        click.echo(f"  session {session.id}{current} created {session.created_at:%Y-%m-%d %H:%M:%S}")
+    about = or_(WebhookEvent.order_id == order.id, WebhookEvent.session_id.in_([s.id for s in sessions]))
+    for event in db.session.scalars(select(WebhookEvent).where(about).order_by(WebhookEvent.received_at)):
+        click.echo(f"  {describe(event)}")
 
 
 @orders_cli.command("review")
@@ -15,14 +68,56 @@ def review() -> None:
     held_orders = db.session.scalars(select(Order).where(Order.review_reason.is_not(None)).order_by(Order.updated_at))
     for order in held_orders:
         click.echo(f"order {order.id} [{order.status}] {order.review_reason} (event {order.review_event_id or '-'})")
-    held_events = db.session.scalars(
-        select(WebhookEvent)
-        .where(WebhookEvent.outcome.in_([Outcome.HELD, Outcome.UNMATCHED]))
-        .order_by(WebhookEvent.received_at)
-    )
-    for event in held_events:
-        click.echo(f"event {event.id} {event.name} [{event.outcome}] order {event.order_id or '-'}: {event.detail}")
+    for event in stored_events([Outcome.HELD, Outcome.UNMATCHED]):
+        click.echo(describe(event))
+
+
+@events_cli.command("list")
+@click.option("--outcome", "outcomes", type=click.Choice([o.value for o in Outcome]), multiple=True, help="Repeatable.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+def list_events(outcomes: tuple[str, ...], limit: int) -> None:
+    """Stored events, oldest first."""
+    for event in stored_events(outcomes, limit):
+        click.echo(describe(event))
+
+
+@events_cli.command("replay")
+@click.argument("event_id", required=False)
+@click.option("--failed", is_flag=True, help="Replay every event whose processing failed.")
+def replay(event_id: str | None, failed: bool) -> None:
+    """Process stored events again through the webhook's own path; a processed one changes nothing."""
+    if bool(event_id) == failed:
+        raise click.UsageError("give one event id, or --failed")
+    ids = [event_id] if event_id else [event.id for event in stored_events([Outcome.FAILED])]
+    still_failing = 0
+    for one in ids:
+        try:
+            receipt = events.replay(one)
+        except events.VerificationUnavailable as exc:
+            receipt, still_failing = None, still_failing + 1
+            click.echo(f"event {one}: failed again: {exc}")
+            continue
+        if receipt is None:
+            raise click.ClickException(f"no stored event {one!r}")
+        click.echo(f"event {one}: {'already processed, nothing changed' if receipt.duplicate else receipt.outcome}")
+    if still_failing:
+        raise SystemExit(1)
+
+
+def stored_events(outcomes=(), limit: int | None = None) -> list[WebhookEvent]:
+    query = select(WebhookEvent).order_by(WebhookEvent.received_at).limit(limit)
+    if outcomes:
+        query = query.where(WebhookEvent.outcome.in_(outcomes))
+    return list(db.session.scalars(query))
+
+
+def describe(event: WebhookEvent) -> str:
+    return (
+        f"event {event.id} {event.name} [{event.outcome}] order {event.order_id or '-'} "
+        f"received {event.received_at:%Y-%m-%d %H:%M:%S}: {event.detail or ''}"
+    ).rstrip(": ")
 
 
 def init_app(app) -> None:
     app.cli.add_command(orders_cli)
+    app.cli.add_command(events_cli)

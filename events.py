@@ -1,20 +1,25 @@
 """News from Monime about checkout sessions, handed to the order state rules.
 
 Two ways in: a verified webhook event (`receive`), stored raw and processed
-once per event id, and a direct lookup of a session (`refresh`), used when
-the shopper comes back through a redirect. No database transaction is held
-open while Monime is being asked.
+once per event id (and `replay`ed from storage by the same path), and a
+direct lookup of a session (`refresh`), used when the shopper comes back
+through a redirect and by `reconcile` for webhooks that never came. No
+database transaction is held open while Monime is being asked.
 """
 
+import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from sqlalchemy import select, update
 
 import monime
 import orders
-from models import Order, Outcome, Status, WebhookEvent, db, insert_unless_exists, utcnow
+from models import CheckoutSession, Order, Outcome, Status, WebhookEvent, db, insert_unless_exists, utcnow
 from orders import SessionReport
+from schemas import WebhookEventSchema
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,21 @@ class Receipt:
         return self.outcome is None
 
 
+def parse(body: bytes) -> dict:
+    """The event envelope in a verified body; ValueError (bad JSON) or
+    marshmallow's ValidationError (not a Monime event) otherwise."""
+    return WebhookEventSchema().load(json.loads(body))
+
+
+def replay(event_id: str) -> Receipt | None:
+    """Run a stored event through `receive` again: a failed one is processed,
+    a processed one changes nothing. None when no such event is stored."""
+    body = db.session.scalar(select(WebhookEvent.body).where(WebhookEvent.id == event_id))
+    if body is None:
+        return None
+    return receive(body, parse(body.encode()))
+
+
 def receive(body: str, envelope: dict) -> Receipt:
     """Process one verified event, once per event id; concurrent deliveries
     of the same id wait for the first one and are reported as duplicates."""
@@ -56,9 +76,10 @@ def receive(body: str, envelope: dict) -> Receipt:
     return _process(event_id, name, body, report, problem)
 
 
-def refresh(order: Order) -> Outcome | None:
-    """Ask Monime for the order's current session and apply what it says.
-    Best effort: when Monime cannot be reached the webhook will tell us."""
+def refresh(order: Order, dry_run: bool = False) -> Outcome | None:
+    """Ask Monime for the order's current session and apply what it says
+    (with `dry_run`, work out what would change and undo it). None when there
+    is nothing to ask; FAILED when Monime cannot be reached."""
     if order.status == Status.COMPLETED or not order.checkout_session_id:
         return None
     db.session.commit()  # no transaction is held while Monime is asked
@@ -66,12 +87,37 @@ def refresh(order: Order) -> Outcome | None:
         session = monime.client().get_session(order.checkout_session_id)
     except monime.MonimeError as exc:
         log.warning("session lookup failed", extra={"data": {"orderId": order.id, "error": str(exc)}})
-        return None
+        return Outcome.FAILED
     report = SessionReport(order.checkout_session_id, session.get("status"), _amount_or_none(session))
     outcome, detail = orders.apply(orders.reload(order.id), report)
-    db.session.commit()
-    log.info("order refreshed from Monime", extra={"data": {"orderId": order.id, "outcome": outcome, "detail": detail}})
+    if dry_run:
+        db.session.rollback()
+    else:
+        db.session.commit()
+    log.info(
+        "order refreshed from Monime",
+        extra={"data": {"orderId": order.id, "outcome": outcome, "detail": detail, "dryRun": dry_run}},
+    )
     return outcome
+
+
+def reconcile(older_than: timedelta, limit: int, dry_run: bool = False) -> Counter:
+    """Bring pending orders whose session is older than `older_than` up to
+    Monime's truth, asking about at most `limit` sessions, oldest first. Safe
+    beside webhooks and other reconcilers: every change is a conditional
+    UPDATE in orders.py. Returns how many orders ended in each outcome."""
+    stale = (
+        select(Order)
+        .join(CheckoutSession, CheckoutSession.id == Order.checkout_session_id)
+        .where(Order.status == Status.PENDING, CheckoutSession.created_at <= utcnow() - older_than)
+        .order_by(CheckoutSession.created_at)
+        .limit(limit)
+    )
+    tally = Counter()
+    for order in db.session.scalars(stale).all():
+        tally[refresh(order, dry_run) or Outcome.UNCHANGED] += 1
+    db.session.commit()
+    return tally
 
 
 def _report_from(envelope: dict) -> tuple[SessionReport | None, str | None]:

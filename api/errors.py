@@ -3,6 +3,7 @@
 import logging
 
 from flask import jsonify
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from models import db
@@ -36,6 +37,16 @@ def init_app(app) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         return error_response(exc.code or 500, code, exc.description or exc.name, headers)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_unavailable(exc: Exception):
+        # Down, restarting or locked: nothing was stored, and a 503 tells Monime to deliver again.
+        db.session.rollback()
+        log.error("database unavailable", extra={"data": {"error": type(exc.orig).__name__}})
+        return error_response(
+            503, "database_unavailable", "The database is unavailable; try again.", {"Retry-After": "5"}
+        )
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):

@@ -1,6 +1,5 @@
 """Monime's webhooks: the authoritative source of an order's status."""
 
-import json
 import logging
 
 from flask import Blueprint, current_app, request
@@ -9,7 +8,6 @@ from marshmallow import ValidationError
 import events
 import signatures
 from api.errors import ApiError
-from schemas import WebhookEventSchema
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -30,7 +28,7 @@ def monime_webhook():
         raise ApiError(401, "invalid_signature", f"Signature verification failed: {exc}.") from None
 
     try:
-        envelope = WebhookEventSchema().load(json.loads(body))
+        envelope = events.parse(body)
     except (ValueError, ValidationError) as exc:
         details = exc.messages if isinstance(exc, ValidationError) else {}
         raise ApiError(400, "malformed_event", "The body is not a Monime event.", fields=details) from None

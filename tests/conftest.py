@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -141,12 +142,13 @@ def postgres_url():
         SKIPPED_POSTGRES.append(str(exc).strip())
         pytest.skip("Postgres is unreachable: the Postgres half of the suite did NOT run")
     name = f"monime_checkout_test_{secrets.token_hex(4)}"
-    admin.execute(f'CREATE DATABASE "{name}"')
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield make_url(admin_url).set(drivername="postgresql+psycopg", database=name).render_as_string(False)
-    finally:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
+    finally:  # a new connection: a test may have restarted the server meanwhile
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
@@ -244,6 +246,10 @@ class LiveServer:
     def __init__(self, url: str, process: subprocess.Popen, log: Path):
         self.url, self.process, self.log = url, process, log
 
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
     def access_log(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith('{"time":"[')]
 
@@ -268,17 +274,16 @@ def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, deadline:
     raise RuntimeError(f"gunicorn did not become healthy:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def live_server(database_url, simulator_server, tmp_path_factory):
-    """The service as deployed: gunicorn.conf.py, gthread, two workers."""
+@contextmanager
+def gunicorn(database_url: str, simulator_url: str, log: Path, **env):
+    """The service as deployed: gunicorn.conf.py, gthread, two workers; stopped on exit."""
     port = free_port()
-    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = os.environ | service_settings(database_url, simulator_server.url)
-    env |= {"GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "2", "LOG_LEVEL": "info"}
+    environment = os.environ | service_settings(database_url, simulator_url)
+    environment |= {"GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "2", "LOG_LEVEL": "info"} | env
     with log.open("w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -287,6 +292,13 @@ def live_server(database_url, simulator_server, tmp_path_factory):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url, simulator_server, tmp_path_factory):
+    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    with gunicorn(database_url, simulator_server.url, log) as server:
+        yield server
 
 
 @pytest.fixture(params=["client", "gunicorn"])
