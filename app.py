@@ -3,6 +3,7 @@
 import os
 
 from flask import Flask
+from flask_cors import CORS
 from flask_migrate import Migrate
 
 import api
@@ -33,5 +34,8 @@ def create_app(config: dict | None = None) -> Flask:
     migrate.init_app(app, models.db)
     monime.init_app(app)
     api.init_app(app)
+    if app.config["CORS_ORIGINS"]:  # a frontend on another origin calls checkout and polls orders
+        origins = app.config["CORS_ORIGINS"]
+        CORS(app, resources={r"/api/checkout": {"origins": origins}, r"/api/orders/.*": {"origins": origins}})
     cli.init_app(app)
     return app

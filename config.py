@@ -37,6 +37,7 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict:
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(get("DATABASE_URL", "")),
         "PUBLIC_BASE_URL": get("PUBLIC_BASE_URL", ""),
         "APP_URL": get("APP_URL", ""),
+        "CORS_ORIGINS": get("CORS_ORIGINS", ""),
         "LOG_LEVEL": get("LOG_LEVEL", "INFO"),
     }
 
@@ -70,10 +71,9 @@ def check(config: dict, *, relaxed: bool) -> None:
             f"successUrl would be {longest} characters, over Monime's {MONIME_URL_LIMIT}"
         )
 
-    secrets = config.get("MONIME_WEBHOOK_SECRET")
-    if isinstance(secrets, str):
-        secrets = [s.strip() for s in secrets.split(",") if s.strip()]
-    config["MONIME_WEBHOOK_SECRETS"] = list(secrets or [])
+    config["MONIME_WEBHOOK_SECRETS"] = comma_list(config.get("MONIME_WEBHOOK_SECRET"))
+    config["CORS_ORIGINS"] = [origin.rstrip("/") for origin in comma_list(config.get("CORS_ORIGINS"))]
+    problems += [f"CORS_ORIGINS: {o!r} is not an origin" for o in config["CORS_ORIGINS"] if not is_origin(o)]
 
     for name in (
         "MONIME_WEBHOOK_TOLERANCE",
@@ -91,6 +91,16 @@ def check(config: dict, *, relaxed: bool) -> None:
 
     if problems:
         raise ConfigError("Invalid configuration: " + "; ".join(problems))
+
+
+def comma_list(value) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return list(value or [])
+
+
+def is_origin(url: str) -> bool:
+    return is_absolute_http_url(url) and urlsplit(url).path == ""
 
 
 def is_absolute_http_url(url: str) -> bool:

@@ -85,3 +85,44 @@ def test_logs_never_contain_the_token_or_the_webhook_secret(client, simulator, c
 
 def _as_request(event: dict) -> dict:
     return {"data": event["body"], "headers": event["headers"]}
+
+
+@pytest.fixture
+def cors_client(database_url, simulator):
+    settings = service_settings(database_url, simulator.url) | {
+        "CORS_ORIGINS": "https://shop.example, http://127.0.0.1:3000"
+    }
+    return make_app(settings).test_client()
+
+
+@pytest.mark.parametrize("origin", ["https://shop.example", "http://127.0.0.1:3000"])
+def test_an_allowed_origin_may_call_checkout_and_read_orders(cors_client, origin):
+    preflight = cors_client.options(
+        "/api/checkout",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    read = cors_client.get("/api/orders/ord_x", headers={"Origin": origin})
+
+    assert preflight.headers["Access-Control-Allow-Origin"] == origin
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert read.headers["Access-Control-Allow-Origin"] == origin
+
+
+def test_another_origin_gets_no_cors_headers(cors_client):
+    response = cors_client.get("/api/orders/ord_x", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_without_cors_origins_no_origin_is_allowed(client):
+    response = client.get("/api/orders/ord_x", headers={"Origin": "https://shop.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_webhooks_and_health_are_never_cross_origin(cors_client):
+    for path in (WEBHOOK_PATH, "/healthz"):
+        response = cors_client.open(path, method="OPTIONS", headers={"Origin": "https://shop.example"})
+        assert "Access-Control-Allow-Origin" not in response.headers

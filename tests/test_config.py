@@ -95,3 +95,11 @@ def test_without_database_url_the_service_uses_sqlite_under_instance():
 def test_create_app_refuses_to_start_misconfigured():
     with pytest.raises(ConfigError, match="PUBLIC_BASE_URL is required"):
         create_app(from_environment(VALID | {"PUBLIC_BASE_URL": ""}))
+
+
+def test_cors_origins_are_a_list_of_origins():
+    config = from_environment(VALID | {"CORS_ORIGINS": "https://shop.example/, http://127.0.0.1:3000"})
+    check(config, relaxed=False)
+    assert config["CORS_ORIGINS"] == ["https://shop.example", "http://127.0.0.1:3000"]
+    assert "not an origin" in refusal(CORS_ORIGINS="https://shop.example/path")
+    assert "not an origin" in refusal(CORS_ORIGINS="*")
