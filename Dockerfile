@@ -23,10 +23,11 @@ COPY requirements.txt .
 RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir -r requirements.txt
 
-# The service is the top-level modules plus these two packages.
+# The service is the top-level modules, the api package, the migrations and the docs template.
 COPY *.py ./
 COPY api/ api/
 COPY migrations/ migrations/
+COPY templates/ templates/
 
 USER 10001:10001
 EXPOSE 8000

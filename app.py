@@ -5,8 +5,10 @@ import os
 from flask import Flask
 from flask_cors import CORS
 from flask_migrate import Migrate
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import api
+import catalog
 import cli
 import logs
 import models
@@ -33,9 +35,13 @@ def create_app(config: dict | None = None) -> Flask:
     models.init_app(app)
     migrate.init_app(app, models.db)
     monime.init_app(app)
+    catalog.init_app(app)
     api.init_app(app)
     if app.config["CORS_ORIGINS"]:  # a frontend on another origin calls checkout and polls orders
         origins = app.config["CORS_ORIGINS"]
         CORS(app, resources={r"/api/checkout": {"origins": origins}, r"/api/orders/.*": {"origins": origins}})
     cli.init_app(app)
+    if app.config["PROXY_HOPS"]:  # the client's address and scheme, as the trusted proxies report them
+        hops = app.config["PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)
     return app

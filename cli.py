@@ -8,6 +8,7 @@ from flask.cli import AppGroup
 from sqlalchemy import or_, select
 
 import events
+import orders
 from models import CheckoutSession, Order, Outcome, WebhookEvent, db
 
 orders_cli = AppGroup("orders", help="Inspect and reconcile orders.")
@@ -46,7 +47,7 @@ def reconcile(older_than: timedelta, limit: int, dry_run: bool) -> None:
 @click.argument("order_id")
 def show(order_id: str) -> None:
     """An order, its sessions and every event about it."""
-    order = db.session.get(Order, order_id)
+    order = orders.get(order_id)
     if order is None:
         raise click.ClickException(f"no order {order_id!r}")
     click.echo(f"order {order.id} [{order.status}] {order.currency} {order.amount} {order.name!r}")

@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+import limits
+
 # successUrl is the longer of the two redirect URLs Monime receives; Monime
 # caps both at 255 characters and an orderId may be 100 characters long.
 SUCCESS_URL_SUFFIX = "/api/checkout/success?orderId="
@@ -38,6 +40,13 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict:
         "PUBLIC_BASE_URL": get("PUBLIC_BASE_URL", ""),
         "APP_URL": get("APP_URL", ""),
         "CORS_ORIGINS": get("CORS_ORIGINS", ""),
+        "RATELIMIT_CHECKOUT": get("RATELIMIT_CHECKOUT", "60/minute"),
+        "RATELIMIT_STORAGE_URI": get("RATELIMIT_STORAGE_URI", "memory://"),
+        "RATELIMIT_KEY_PREFIX": get("RATELIMIT_KEY_PREFIX", "monime-checkout"),
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_SWALLOW_ERRORS": True,  # rate-limit storage down: take payments rather than refuse them
+        "PROXY_HOPS": get("PROXY_HOPS", "0"),
+        "CATALOG_FILE": get("CATALOG_FILE", ""),
         "LOG_LEVEL": get("LOG_LEVEL", "INFO"),
     }
 
@@ -74,6 +83,15 @@ def check(config: dict, *, relaxed: bool) -> None:
     config["MONIME_WEBHOOK_SECRETS"] = comma_list(config.get("MONIME_WEBHOOK_SECRET"))
     config["CORS_ORIGINS"] = [origin.rstrip("/") for origin in comma_list(config.get("CORS_ORIGINS"))]
     problems += [f"CORS_ORIGINS: {o!r} is not an origin" for o in config["CORS_ORIGINS"] if not is_origin(o)]
+
+    try:
+        limits.parse_many(config["RATELIMIT_CHECKOUT"])
+    except ValueError:
+        problems.append("RATELIMIT_CHECKOUT must be a rate like 60/minute or 10/second;500/day")
+    if not str(config.get("PROXY_HOPS", "0")).isdigit():
+        problems.append("PROXY_HOPS must be the number of proxies in front of the service")
+    else:
+        config["PROXY_HOPS"] = int(config["PROXY_HOPS"])
 
     for name in (
         "MONIME_WEBHOOK_TOLERANCE",

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+import logs
 import monime
 import orders
 from models import CheckoutSession, Order, Outcome, Status, WebhookEvent, db, insert_unless_exists, utcnow
@@ -127,13 +128,22 @@ def _report_from(envelope: dict) -> tuple[SessionReport | None, str | None]:
     if status is None:
         return None, None
     ref, data = envelope["object"], envelope["data"]
-    session_id = ref.get("id") if ref.get("type") == "checkout_session" and ref.get("id") else data.get("id")
-    reference = data.get("reference") if isinstance(data.get("reference"), str) else None
+    session_id = (
+        ref.get("id") if ref.get("type") == "checkout_session" and ref.get("id") else identifier(data.get("id"))
+    )
+    reference = identifier(data.get("reference"))
     try:
         amount, problem = monime.session_amount(data), None
     except ValueError as exc:
         amount, problem = None, f"completion cannot be checked: {exc}"
     return SessionReport(str(session_id or ""), status, amount, reference), problem
+
+
+def identifier(value) -> str | None:
+    """An id from an event's data, if it can be one (a short string, no NUL), else None."""
+    if isinstance(value, str) and 0 < len(value) <= 255 and "\x00" not in value:
+        return value
+    return None
 
 
 def _confirm_amount(report: SessionReport) -> tuple[SessionReport, str | None]:
@@ -180,10 +190,8 @@ def _process(event_id, name, body, report, problem) -> Receipt:
         .values(outcome=outcome, detail=detail and detail[:255], order_id=order and order.id, processed_at=utcnow())
     )
     db.session.commit()
-    log.info(
-        "webhook event processed",
-        extra={"data": {"eventId": event_id, "event": name, "orderId": order and order.id, "outcome": outcome}},
-    )
+    logs.bind(orderId=order and order.id)
+    log.info("webhook event processed", extra={"data": {"event": name, "outcome": outcome}})
     return Receipt(event_id, outcome, detail)
 
 

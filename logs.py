@@ -1,11 +1,35 @@
 """Structured logs: one JSON object per line on stderr.
 
-Log with `extra={"data": {...}}` to add fields. Nothing here ever receives a
-token, a secret or a request body.
+Every line carries the fields bound to the current request (its requestId,
+and the orderId or eventId once known); add more with `extra={"data": {...}}`.
+Nothing here ever receives a token, a secret or a request body.
 """
 
 import json
 import logging
+from contextvars import ContextVar
+
+_context: ContextVar[dict | None] = ContextVar("log_context", default=None)
+
+
+def bind(**fields) -> None:
+    """Add fields to every log line of the current request."""
+    _context.set((_context.get() or {}) | {key: value for key, value in fields.items() if value is not None})
+
+
+def start(**fields) -> None:
+    """A new request: forget what the thread's previous request bound."""
+    _context.set(fields)
+
+
+def _record_with_context(*args, **kwargs) -> logging.LogRecord:
+    """Records take the request's fields when they are made, not when a handler formats them."""
+    record = _plain_record(*args, **kwargs)
+    record.context = _context.get() or {}
+    return record
+
+
+_plain_record = logging.getLogRecordFactory()
 
 
 class JsonFormatter(logging.Formatter):
@@ -15,6 +39,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            **getattr(record, "context", {}),
             **getattr(record, "data", {}),
         }
         if record.exc_info:
@@ -23,6 +48,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str) -> None:
+    logging.setLogRecordFactory(_record_with_context)
     root = logging.getLogger()
     if not any(isinstance(handler.formatter, JsonFormatter) for handler in root.handlers):
         handler = logging.StreamHandler()

@@ -71,6 +71,14 @@ class Order(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
+    @property
+    def money(self) -> dict:
+        return {"currency": self.currency, "value": self.amount}
+
+    @property
+    def review(self) -> dict | None:
+        return {"reason": self.review_reason, "eventId": self.review_event_id} if self.review_reason else None
+
 
 class CheckoutSession(db.Model):
     """Every Monime session made for an order, so late events of an earlier

@@ -15,6 +15,8 @@ import requests
 from flask import current_app
 from requests.adapters import HTTPAdapter
 
+from metrics import MONIME_LATENCY
+
 API_VERSION = "caph.2025-08-23"
 RETRYABLE_STATUSES = {429, 500, 502, 503, 504}
 FIRST_BACKOFF = 0.1  # seconds; doubles per retry, with jitter
@@ -76,6 +78,7 @@ class MonimeClient:
     def create_session(self, body: dict, idempotency_key: str) -> dict:
         """POST /v1/checkout-sessions; returns the created CheckoutSession."""
         return self._call(
+            "create_session",
             "POST",
             "/v1/checkout-sessions",
             deadline=self.retry_deadline,
@@ -85,30 +88,43 @@ class MonimeClient:
 
     def get_session(self, session_id: str) -> dict:
         """GET /v1/checkout-sessions/{id}, within the short verification timeout."""
-        return self._call("GET", f"/v1/checkout-sessions/{quote(session_id, safe='')}", deadline=self.verify_timeout)
+        path = f"/v1/checkout-sessions/{quote(session_id, safe='')}"
+        return self._call("get_session", "GET", path, deadline=self.verify_timeout)
 
-    def _call(self, method: str, path: str, *, deadline: float, **kwargs) -> dict:
+    def _call(self, operation: str, method: str, path: str, *, deadline: float, **kwargs) -> dict:
+        """Attempt until an answer, a 4xx, or the deadline, whichever comes first."""
         give_up_at = time.monotonic() + deadline
         for attempt in range(1_000):
             remaining = max(give_up_at - time.monotonic(), 0.001)
             timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
-            try:
-                response = self.http.request(method, self.base_url + path, timeout=timeout, **kwargs)
-            except requests.Timeout:
-                failure = MonimeTimeout(f"Monime did not answer within {timeout[1]:.1f} s")
-            except requests.RequestException as exc:
-                failure = MonimeUnavailable(f"Monime could not be reached ({type(exc).__name__})")
-            else:
-                if response.status_code < 400:
-                    return self._result(response)
-                if response.status_code not in RETRYABLE_STATUSES:
-                    raise self._rejection(response)
-                failure = MonimeUnavailable(f"Monime answered {response.status_code}")
+            response, failure = self._attempt(operation, method, path, timeout, **kwargs)
+            if response is not None:
+                return self._result(response)
             pause = _backoff(attempt)
             if time.monotonic() + pause >= give_up_at:
-                raise failure
+                break
             time.sleep(pause)
         raise failure
+
+    def _attempt(self, operation, method, path, timeout, **kwargs) -> tuple[requests.Response | None, MonimeError]:
+        """One HTTP request, timed: the response, or the failure worth retrying. A 4xx is raised."""
+        started = time.perf_counter()
+        response, failure = None, None
+        try:
+            response = self.http.request(method, self.base_url + path, timeout=timeout, **kwargs)
+            result = str(response.status_code)
+        except requests.Timeout:
+            result, failure = "timeout", MonimeTimeout(f"Monime did not answer within {timeout[1]:.1f} s")
+        except requests.RequestException as exc:
+            result, failure = "unreachable", MonimeUnavailable(f"Monime could not be reached ({type(exc).__name__})")
+        MONIME_LATENCY.labels(operation, result).observe(time.perf_counter() - started)
+        if response is None:
+            return None, failure
+        if response.status_code in RETRYABLE_STATUSES:
+            return None, MonimeUnavailable(f"Monime answered {response.status_code}")
+        if response.status_code >= 400:
+            raise self._rejection(response)
+        return response, None
 
     def _result(self, response: requests.Response) -> dict:
         try:

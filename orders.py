@@ -3,8 +3,12 @@
     (new) ─────────────────────────────▶ pending
     pending ──completed────────────────▶ completed   terminal: nothing moves it again
     pending ──cancelled / expired──────▶ cancelled / expired   (its current session only)
+    expired ──cancelled────────────────▶ cancelled   the shopper's act outranks the clock
     cancelled / expired ──completed────▶ completed   money was taken: completion wins
     cancelled / expired ──submitted again──▶ pending under a new session
+
+For one session a status only moves up pending < expired < cancelled <
+completed, so the order ends the same whatever order the news arrives in.
 
 Every change is a single conditional UPDATE ... WHERE whose row count says
 whether it happened, so two workers can never both apply a transition, and a
@@ -13,14 +17,19 @@ late, repeated or reordered report can never undo one. Callers commit.
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
 from models import CheckoutSession, Order, Outcome, Status, db, insert_unless_exists, utcnow
+from schemas import ORDER_ID_PATTERN
 
+ORDER_ID = re.compile(ORDER_ID_PATTERN)
 FINAL_UNPAID = (Status.CANCELLED, Status.EXPIRED)
+# What each unpaid ending may replace, for the order's current session.
+ENDS = {Status.EXPIRED: (Status.PENDING,), Status.CANCELLED: (Status.PENDING, Status.EXPIRED)}
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,12 @@ def place(draft: dict) -> Order:
         updated_at=utcnow(),
     )
     return reload(draft["orderId"])
+
+
+def get(order_id: str) -> Order | None:
+    """The order with this id; None also for a string that cannot be an orderId
+    (Postgres refuses some, such as one holding a NUL, with an error)."""
+    return db.session.get(Order, order_id) if ORDER_ID.match(order_id) else None
 
 
 def reload(order_id: str) -> Order | None:
@@ -116,7 +131,7 @@ def find(report: SessionReport) -> Order | None:
     order = db.session.scalars(by_session).first()
     if order is not None or not report.reference:
         return order
-    order = db.session.get(Order, report.reference)
+    order = get(report.reference)
     if order is None or order.checkout_session_id is not None:
         return None
     has_sessions = db.session.scalar(select(CheckoutSession.id).where(CheckoutSession.order_id == order.id).limit(1))
@@ -130,11 +145,11 @@ def apply(order: Order, report: SessionReport, event_id: str | None = None) -> t
         record_session(order, report.session_id, None)
     if report.status == Status.COMPLETED:
         return _complete(order, report, event_id)
-    if report.status in FINAL_UNPAID:
+    if report.status in ENDS:
         ended = _change(
             order,
             {"status": report.status},
-            Order.status == Status.PENDING,
+            Order.status.in_(ENDS[report.status]),
             Order.checkout_session_id == report.session_id,
         )
         if ended:

@@ -1,16 +1,16 @@
-"""Marshmallow schemas: what a request may contain, and how an order is shown.
+"""Marshmallow schemas: what a request may contain, and what the service answers.
 
 The checkout limits mirror Monime's CreateCheckoutSession (caph.2025-08-23),
 so a request that passes here is one Monime accepts.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
-from models import Status
+from models import Outcome, Status
 
-ORDER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+ORDER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}\Z"
 CURRENCIES = ("SLE", "USD")
 # Monime sets no ceiling on a unit price; this one keeps 16 items x 100,000
 # units inside a signed 64-bit total (BIGINT) with room to spare.
@@ -66,39 +66,155 @@ class CheckoutRequestSchema(Schema):
             raise ValidationError("line item references must be unique within an order", "lineItems")
 
 
-def iso_utc(moment: datetime) -> str:
+# --- catalog mode: the shop's prices, not the browser's ---------------------------------
+
+
+class CatalogEntrySchema(Schema):
+    """One product of CATALOG_FILE: sku -> {name, price, currency, description?}."""
+
+    name = text(100, required=True)
+    price = fields.Integer(strict=True, required=True, validate=validate.Range(min=0, max=MAX_UNIT_PRICE))
+    currency = fields.String(required=True, validate=validate.OneOf(CURRENCIES))
+    description = text(100)
+
+
+class CatalogLineItemSchema(Schema):
+    type = fields.String(load_default="custom", validate=validate.Equal("custom"))
+    sku = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    quantity = fields.Integer(strict=True, load_default=1, validate=validate.Range(min=1, max=100_000))
+
+    @pre_load
+    def refuse_what_the_catalog_decides(self, data, **_kwargs):
+        if isinstance(data, dict):
+            decided = [key for key in ("name", "price", "description", "reference") if key in data]
+            if decided:
+                raise ValidationError({key: ["set by the catalog; send only sku and quantity"] for key in decided})
+        return data
+
+
+class CatalogCheckoutRequestSchema(CheckoutRequestSchema):
+    """POST /api/checkout when CATALOG_FILE is set: line items name a sku and a
+    quantity, and the service fills in names and prices from the catalog."""
+
+    lineItems = fields.List(
+        fields.Nested(CatalogLineItemSchema), required=True, validate=validate.Length(min=1, max=16)
+    )
+
+    def __init__(self, catalog: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.catalog = catalog
+
+    @validates_schema
+    def one_currency_and_unique_references(self, data, **_kwargs):
+        skus = [item["sku"] for item in data.get("lineItems") or []]
+        unknown = sorted({sku for sku in skus if sku not in self.catalog})
+        if unknown:
+            raise ValidationError(f"unknown sku: {', '.join(unknown)}", "lineItems")
+        if len(skus) != len(set(skus)):
+            raise ValidationError("each sku once per order; use quantity", "lineItems")
+        if len({self.catalog[sku]["currency"] for sku in skus}) > 1:
+            raise ValidationError("all line items must use the same currency", "lineItems")
+
+    @post_load
+    def price_from_the_catalog(self, data, **_kwargs):
+        data["lineItems"] = [self.priced(item) for item in data["lineItems"]]
+        return data
+
+    def priced(self, item: dict) -> dict:
+        entry = self.catalog[item["sku"]]
+        return {
+            "type": "custom",
+            "name": entry["name"],
+            "price": {"currency": entry["currency"], "value": entry["price"]},
+            "quantity": item["quantity"],
+            "description": entry["description"],
+            "reference": item["sku"],
+        }
+
+
+# --- what the service answers -----------------------------------------------------------
+
+
+class UtcDateTime(fields.DateTime):
     """SQLite hands datetimes back without a zone; they were stored as UTC."""
-    return moment.replace(tzinfo=moment.tzinfo or UTC).isoformat().replace("+00:00", "Z")
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return super()._serialize(value, attr, obj, **kwargs)
+
+
+class MoneySchema(Schema):
+    currency = fields.String(required=True, validate=validate.OneOf(CURRENCIES))
+    value = fields.Integer(required=True, metadata={"description": "minor units: 2500 is SLE 25.00"})
+
+
+class ReviewSchema(Schema):
+    reason = fields.String(required=True)
+    eventId = fields.String(allow_none=True, required=True)
 
 
 class OrderSchema(Schema):
     """GET /api/orders/<orderId>"""
 
-    orderId = fields.String(attribute="id")
-    status = fields.String(validate=validate.OneOf(list(Status)))
-    amount = fields.Method("_amount")
-    checkoutSessionId = fields.String(attribute="checkout_session_id", allow_none=True)
-    name = fields.String()
-    lineItems = fields.List(fields.Dict(), attribute="line_items")
-    review = fields.Method("_review", allow_none=True)
-    createdAt = fields.Function(lambda order: iso_utc(order.created_at))
-    updatedAt = fields.Function(lambda order: iso_utc(order.updated_at))
+    orderId = fields.String(attribute="id", required=True)
+    status = fields.String(required=True, validate=validate.OneOf([status.value for status in Status]))
+    amount = fields.Nested(MoneySchema, attribute="money", required=True)
+    checkoutSessionId = fields.String(attribute="checkout_session_id", allow_none=True, required=True)
+    name = fields.String(required=True)
+    lineItems = fields.List(fields.Nested(LineItemSchema), attribute="line_items", required=True)
+    review = fields.Nested(ReviewSchema, allow_none=True, required=True, metadata={"description": "held for a person"})
+    createdAt = UtcDateTime(attribute="created_at", required=True)
+    updatedAt = UtcDateTime(attribute="updated_at", required=True)
 
-    def _amount(self, order):
-        return {"currency": order.currency, "value": order.amount}
 
-    def _review(self, order):
-        if not order.review_reason:
-            return None
-        return {"reason": order.review_reason, "eventId": order.review_event_id}
+class CheckoutCreatedSchema(Schema):
+    orderId = fields.String(required=True)
+    sessionId = fields.String(required=True)
+    redirectUrl = fields.String(required=True, allow_none=True, metadata={"description": "send the shopper here"})
+
+
+class WebhookReceiptSchema(Schema):
+    received = fields.Boolean(required=True)
+    eventId = fields.String(required=True)
+    duplicate = fields.Boolean(required=True, metadata={"description": "already processed: nothing changed"})
+    outcome = fields.String(
+        required=True, allow_none=True, validate=validate.OneOf([outcome.value for outcome in Outcome])
+    )
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+    database = fields.String(required=True)
+
+
+class ErrorDetailSchema(Schema):
+    code = fields.String(required=True, metadata={"description": "machine-readable, e.g. validation_failed"})
+    message = fields.String(required=True)
+    field_errors = fields.Dict(
+        data_key="fields", metadata={"description": "validation_failed / malformed_event: each bad field"}
+    )
+    monimeStatus = fields.Integer(metadata={"description": "monime_rejected: Monime's HTTP status"})
+    monimeReason = fields.String()
+    monimeMessage = fields.String()
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorDetailSchema, required=True)
+
+
+def no_nul(value: str) -> None:
+    """Postgres stores no NUL character in text."""
+    if "\x00" in value:
+        raise ValidationError("must not contain a NUL character")
 
 
 class EventHeaderSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    id = fields.String(required=True, validate=validate.Length(min=1, max=255))
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    id = fields.String(required=True, validate=[validate.Length(min=1, max=255), no_nul])
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=100), no_nul])
     timestamp = fields.String(load_default=None, allow_none=True)
 
 
@@ -106,7 +222,7 @@ class ObjectRefSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
+    id = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=255), no_nul])
     type = fields.String(load_default=None, allow_none=True)
 
 

@@ -7,19 +7,36 @@ from flask import Blueprint, current_app, redirect, request
 from marshmallow import ValidationError
 
 import events
+import logs
 import monime
 import orders
 from api.errors import ApiError
+from api.guard import checkout_limit, limiter
+from catalog import checkout_schema
+from metrics import CHECKOUTS
 from models import Order, Status, db
-from schemas import CheckoutRequestSchema
+
+MAX_CHECKOUT_BYTES = 64 * 1024  # the largest valid order is about 30 KiB
 
 log = logging.getLogger(__name__)
 bp = Blueprint("checkout", __name__)
 
 
 @bp.post("/api/checkout")
+@limiter.limit(checkout_limit)
 def create_checkout():
+    try:
+        status, body = start_checkout()
+    except ApiError as exc:
+        CHECKOUTS.labels(exc.code).inc()
+        raise
+    CHECKOUTS.labels("created" if status == 201 else "replayed").inc()
+    return body, status
+
+
+def start_checkout() -> tuple[int, dict]:
     draft = load_checkout_request()
+    logs.bind(orderId=draft["orderId"])
     order = orders.place(draft)
     if order.fingerprint != orders.fingerprint(draft):
         raise ApiError(409, "order_conflict", f"Order {order.id!r} was already submitted with different content.")
@@ -30,23 +47,24 @@ def create_checkout():
     session = orders.current_session(order)
     db.session.commit()  # the order and its Idempotency-Key are stored before Monime is called
     if session is not None:
-        return checkout_response(order.id, session.id, session.redirect_url, 200)
+        return 200, checkout_response(order.id, session.id, session.redirect_url)
 
     created = call_monime(order)
     became_current = orders.record_session(order, created["id"], created.get("redirectUrl"))
     db.session.commit()
-    log.info("checkout session created", extra={"data": {"orderId": order.id, "sessionId": created["id"]}})
-    return checkout_response(order.id, created["id"], created.get("redirectUrl"), 201 if became_current else 200)
+    log.info("checkout session created", extra={"data": {"sessionId": created["id"]}})
+    return 201 if became_current else 200, checkout_response(order.id, created["id"], created.get("redirectUrl"))
 
 
 def load_checkout_request() -> dict:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Send the order as JSON with Content-Type: application/json.")
+    request.max_content_length = MAX_CHECKOUT_BYTES
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     try:
-        return CheckoutRequestSchema().load(body)
+        return checkout_schema().load(body)
     except ValidationError as exc:
         raise ApiError(400, "validation_failed", "The order is not valid.", fields=exc.messages) from None
 
@@ -59,7 +77,7 @@ def call_monime(order: Order) -> dict:
     except monime.MonimeUnavailable as exc:
         raise ApiError(502, "monime_unavailable", f"{exc}. Submit the same order again to retry.") from None
     except monime.MonimeRejected as exc:
-        log.error("Monime refused a checkout session", extra={"data": {"orderId": order.id, "error": str(exc)}})
+        log.error("Monime refused a checkout session", extra={"data": {"error": str(exc)}})
         raise ApiError(
             502,
             "monime_rejected",
@@ -85,8 +103,8 @@ def session_request(order: Order) -> dict:
     return body | {key: value for key, value in optional.items() if value is not None}
 
 
-def checkout_response(order_id: str, session_id: str, redirect_url: str | None, status: int):
-    return {"orderId": order_id, "sessionId": session_id, "redirectUrl": redirect_url}, status
+def checkout_response(order_id: str, session_id: str, redirect_url: str | None) -> dict:
+    return {"orderId": order_id, "sessionId": session_id, "redirectUrl": redirect_url}
 
 
 @bp.route("/api/checkout/success", methods=["GET", "POST"])
@@ -103,9 +121,10 @@ def back_from_monime(page: str):
     """Bring the order up to date with Monime (the webhook stays authoritative),
     then send the shopper to a fixed page of the frontend, whatever Monime says."""
     order_id = request.args.get("orderId", "")
+    logs.bind(orderId=order_id or None)
     if not order_id:
         raise ApiError(400, "missing_order_id", "The orderId query parameter is required.")
-    order = db.session.get(Order, order_id)
+    order = orders.get(order_id)
     if order is None:
         raise ApiError(404, "order_not_found", "No order has this orderId.")
     events.refresh(order)

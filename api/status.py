@@ -1,11 +1,15 @@
-"""Reading an order's status, and the service's own health."""
+"""Reading an order's status, and the service's own health, metrics and documentation."""
 
-from flask import Blueprint
+from flask import Blueprint, current_app, render_template
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+import apidoc
+import logs
+import metrics
+import orders
 from api.errors import ApiError
-from models import Order, db
+from models import db
 from schemas import OrderSchema
 
 bp = Blueprint("status", __name__)
@@ -13,7 +17,8 @@ bp = Blueprint("status", __name__)
 
 @bp.get("/api/orders/<order_id>")
 def get_order(order_id: str):
-    order = db.session.get(Order, order_id)
+    logs.bind(orderId=order_id)
+    order = orders.get(order_id)
     if order is None:
         raise ApiError(404, "order_not_found", f"No order has the id {order_id!r}.")
     return OrderSchema().dump(order)
@@ -27,3 +32,26 @@ def healthz():
         db.session.rollback()
         raise ApiError(503, "database_unavailable", "The database does not answer.") from None
     return {"status": "ok", "database": "ok"}
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    body, content_type = metrics.exposition()
+    return body, 200, {"Content-Type": content_type}
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    return document()
+
+
+@bp.get("/docs")
+def openapi_page():
+    return render_template("docs.html", spec=document())
+
+
+def document() -> dict:
+    """Built once per process, for the mode (catalog or not) the service runs in."""
+    if "openapi" not in current_app.extensions:
+        current_app.extensions["openapi"] = apidoc.build(catalog_mode=bool(current_app.extensions["catalog"]))
+    return current_app.extensions["openapi"]

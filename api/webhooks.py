@@ -6,8 +6,11 @@ from flask import Blueprint, current_app, request
 from marshmallow import ValidationError
 
 import events
+import logs
 import signatures
 from api.errors import ApiError
+from metrics import WEBHOOK_EVENTS, WEBHOOK_SIGNATURES
+from models import Outcome
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -24,8 +27,10 @@ def monime_webhook():
             tolerance=current_app.config["MONIME_WEBHOOK_TOLERANCE"],
         )
     except signatures.SignatureError as exc:
+        WEBHOOK_SIGNATURES.labels("rejected").inc()
         log.warning("webhook signature refused", extra={"data": {"reason": str(exc)}})
         raise ApiError(401, "invalid_signature", f"Signature verification failed: {exc}.") from None
+    WEBHOOK_SIGNATURES.labels("verified").inc()
 
     try:
         envelope = events.parse(body)
@@ -33,8 +38,11 @@ def monime_webhook():
         details = exc.messages if isinstance(exc, ValidationError) else {}
         raise ApiError(400, "malformed_event", "The body is not a Monime event.", fields=details) from None
 
+    logs.bind(eventId=envelope["event"]["id"])
     try:
         receipt = events.receive(body.decode(), envelope)
     except events.VerificationUnavailable as exc:
+        WEBHOOK_EVENTS.labels(Outcome.FAILED).inc()
         raise ApiError(503, "monime_unavailable", f"{exc}. Deliver the event again.", {"Retry-After": "30"}) from None
+    WEBHOOK_EVENTS.labels("duplicate" if receipt.duplicate else receipt.outcome).inc()
     return {"received": True, "eventId": receipt.event_id, "duplicate": receipt.duplicate, "outcome": receipt.outcome}

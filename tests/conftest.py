@@ -40,6 +40,7 @@ def service_settings(database_url: str, simulator_url: str) -> dict[str, str]:
         "MONIME_WEBHOOK_SECRET": f"{WEBHOOK_SECRET},{PREVIOUS_WEBHOOK_SECRET}",
         "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
         "APP_URL": APP_URL,
+        "RATELIMIT_CHECKOUT": "100000/minute",  # the rate-limit tests set their own
         # short, so failure paths are quick to test
         "MONIME_CONNECT_TIMEOUT": "0.5",
         "MONIME_READ_TIMEOUT": "0.5",
@@ -250,8 +251,18 @@ class LiveServer:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
         return [int(pid) for pid in children.split()]
 
-    def access_log(self) -> list[dict]:
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith('{"time":"[')]
+    def access_log(self, where=lambda line: True, at_least: int = 0) -> list[dict]:
+        """The access-log lines matching `where`, once `at_least` of them are written (a worker
+        writes its line just after answering), or whatever is there after 10 s."""
+        give_up = time.monotonic() + 10
+        while True:
+            lines = [
+                json.loads(text) for text in self.log.read_text().splitlines() if text.startswith('{"type": "access"')
+            ]
+            lines = [line for line in lines if where(line)]
+            if len(lines) >= at_least or time.monotonic() > give_up:
+                return lines
+            time.sleep(0.02)
 
 
 def free_port() -> int:

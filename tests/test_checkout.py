@@ -68,6 +68,8 @@ INVALID = {
     "orderId with a space": ({"orderId": "a b"}, "orderId"),
     "orderId empty": ({"orderId": ""}, "orderId"),
     "orderId with unicode": ({"orderId": "ordé"}, "orderId"),
+    "orderId with a trailing newline": ({"orderId": "ord_1\n"}, "orderId"),
+    "orderId with a NUL": ({"orderId": "ord\x00"}, "orderId"),
     "no line items": ({"lineItems": []}, "lineItems"),
     "line items missing": ({"lineItems": None}, "lineItems"),
     "line items not a list": ({"lineItems": {"name": "x"}}, "lineItems"),

@@ -113,6 +113,8 @@ HOSTILE_ORDER_IDS = [
     "x\r\nLocation: https://evil.example",
     "../../evil",
     "@evil.example",
+    "ord\x00nul",
+    "ord_1\n",
 ]
 
 

@@ -117,7 +117,16 @@ def test_a_body_over_one_mebibyte_is_413_and_changes_nothing(api, app):
 
 @pytest.mark.parametrize(
     "body",
-    ["{not json", "[]", '"event"', "{}", '{"event": {"name": "x"}}', '{"event": {"id": 1, "name": "x"}}', b"\xff\xfe"],
+    [
+        "{not json",
+        "[]",
+        '"event"',
+        "{}",
+        '{"event": {"name": "x"}}',
+        '{"event": {"id": 1, "name": "x"}}',
+        b"\xff\xfe",
+        '{"event": {"id": "evt\\u0000", "name": "x"}}',
+    ],
 )
 def test_a_signed_body_that_is_not_an_event_is_400(api, app, body):
     response = deliver(api, signed(body))
@@ -340,3 +349,17 @@ def test_a_second_session_paid_for_a_completed_order_is_held_as_a_double_payment
     stored = order(api, "ord_double")
     assert (stored["status"], stored["checkoutSessionId"]) == ("completed", second)
     assert "double payment" in stored["review"]["reason"]
+
+
+def test_ids_no_database_can_store_in_an_event_are_not_matched_and_change_nothing(api, app):
+    body = checkout(api)
+    envelope = {
+        "event": {"id": "evt-nul", "name": "checkout_session.completed"},
+        "data": {"id": "scs-\x00", "reference": "ord\x00", "lineItems": {"data": items(1)}},
+    }
+
+    response = deliver(api, signed(json.dumps(envelope)))
+
+    assert response.status_code == 200
+    assert response.get_json()["outcome"] == "unmatched"
+    assert order(api, body["orderId"])["status"] == "pending"

@@ -1,0 +1,41 @@
+"""Catalog mode: with CATALOG_FILE set, prices come from the shop, not the browser.
+
+The file (YAML or JSON) maps each sku to {name, price, currency, description?},
+price in minor units. It is read and checked once, at start-up.
+"""
+
+from pathlib import Path
+
+import yaml
+from flask import current_app
+from marshmallow import ValidationError
+
+from config import ConfigError
+from schemas import CatalogCheckoutRequestSchema, CatalogEntrySchema, CheckoutRequestSchema
+
+
+def load(path: str) -> dict[str, dict]:
+    try:
+        products = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"CATALOG_FILE {path!r} cannot be read: {exc}") from None
+    if not isinstance(products, dict) or not products:
+        raise ConfigError(f"CATALOG_FILE {path!r} must map each sku to a product")
+    catalog = {}
+    for sku, entry in products.items():
+        try:
+            catalog[str(sku)] = CatalogEntrySchema().load(entry)
+        except ValidationError as exc:
+            raise ConfigError(f"CATALOG_FILE {path!r}: product {sku!r} is invalid: {exc.messages}") from None
+    return catalog
+
+
+def init_app(app) -> None:
+    path = app.config["CATALOG_FILE"]
+    app.extensions["catalog"] = load(path) if path else None
+
+
+def checkout_schema() -> CheckoutRequestSchema:
+    """The request schema for the mode the service runs in."""
+    catalog = current_app.extensions["catalog"]
+    return CatalogCheckoutRequestSchema(catalog) if catalog else CheckoutRequestSchema()

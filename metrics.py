@@ -1,0 +1,48 @@
+"""Prometheus metrics, served at /metrics.
+
+Under gunicorn every worker writes its samples to PROMETHEUS_MULTIPROC_DIR
+(gunicorn.conf.py sets it up) and a scrape adds them up, whichever worker
+answers. Orders by status are counted in the database at scrape time.
+"""
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import func, select
+
+from models import Order, Status, db
+
+CHECKOUTS = Counter("checkouts_total", "POST /api/checkout by result", ["result"])
+WEBHOOK_SIGNATURES = Counter("webhook_signatures_total", "Webhook deliveries by signature check", ["result"])
+WEBHOOK_EVENTS = Counter("webhook_events_total", "Verified webhook events by outcome", ["outcome"])
+MONIME_LATENCY = Histogram(
+    "monime_request_duration_seconds",
+    "Each HTTP attempt at Monime's API",
+    ["operation", "result"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class OrdersByStatus:
+    """orders{status="..."}, read from the database when scraped (inside the request)."""
+
+    def collect(self):
+        counts = dict(db.session.execute(select(Order.status, func.count()).group_by(Order.status)).all())
+        family = GaugeMetricFamily("orders", "Orders by status", labels=["status"])
+        for status in Status:
+            family.add_metric([status.value], counts.get(status.value, 0))
+        yield family
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text a Prometheus scrape reads."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        counters = CollectorRegistry()
+        MultiProcessCollector(counters)
+    else:
+        counters = REGISTRY
+    orders = CollectorRegistry(auto_describe=True)
+    orders.register(OrdersByStatus())
+    return generate_latest(counters) + generate_latest(orders), CONTENT_TYPE_LATEST
