@@ -49,11 +49,25 @@ def service_settings(database_url: str, simulator_url: str) -> dict[str, str]:
     }
 
 
+MADE_APPS = []
+
+
 def make_app(settings: dict[str, str], **overrides):
     from config import from_environment
 
     config = from_environment(settings) | {"TESTING": True} | overrides
-    return create_app(config)
+    MADE_APPS.append(create_app(config))
+    return MADE_APPS[-1]
+
+
+@pytest.fixture(autouse=True)
+def close_database_connections():
+    """Every app a test made gives its database connections back when the test ends:
+    a Flask app is freed only by the cycle collector, and Postgres allows 100 clients."""
+    yield
+    while MADE_APPS:
+        with MADE_APPS.pop().app_context():
+            db.engine.dispose()
 
 
 # --- the Monime simulator -------------------------------------------------
@@ -183,9 +197,7 @@ def app(database_url, simulator):
         for table in reversed(db.metadata.sorted_tables):
             db.session.execute(table.delete())
         db.session.commit()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+    return app
 
 
 @pytest.fixture
