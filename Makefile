@@ -18,8 +18,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 dev: install
 	scripts/dev
 
-test: install
+test: install browser-tools
 	$(BIN)/pytest
+
+# Debian's Chromium for the browser tests (Playwright drives it; its own browser download is
+# not used). Without it, and without root, the browser tests skip loudly; under CI=true they fail.
+.PHONY: browser-tools
+browser-tools:
+	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
+		|| echo "!! could not install chromium: the browser tests will not run"
 
 lint: install
 	$(BIN)/ruff check .

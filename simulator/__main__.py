@@ -1,11 +1,7 @@
-"""python -m simulator [--port 5001]"""
+"""python -m simulator [serve] [--port 8001] | trigger | sign | verify  (see simulator/cli.py)"""
 
-import argparse
+import sys
 
-from simulator import create_app
+from simulator.cli import main
 
-parser = argparse.ArgumentParser(description="Run the local Monime simulator.")
-parser.add_argument("--host", default="127.0.0.1")
-parser.add_argument("--port", type=int, default=5001)
-args = parser.parse_args()
-create_app().run(host=args.host, port=args.port, threaded=True)
+sys.exit(main(sys.argv[1:]))

@@ -31,6 +31,7 @@ def error(status: int, reason: str, message: str, details: list | None = None):
 @bp.before_request
 def record_authenticate_and_misbehave():
     store().enter()
+    store().sweep()  # sessions past their expireTime are expired before anyone reads them
     store().record(request.method, request.path, request.headers.get("Idempotency-Key"), request.get_json(silent=True))
     delay = store().take_delay()
     if delay:

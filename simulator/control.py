@@ -1,8 +1,9 @@
-"""Control endpoints for tests and developers: not part of Monime's API."""
+"""Control endpoints for tests, developers and the dashboard's forms: not part of Monime's API.
+Each takes JSON (or a form) and answers JSON (or, to a form, the dashboard again)."""
 
 from dataclasses import asdict
 
-from flask import Blueprint, abort, current_app, request
+from flask import Blueprint, abort, current_app, redirect, request, url_for
 
 from simulator.store import Faults, public
 
@@ -14,31 +15,51 @@ def store():
     return current_app.extensions["simulator"]
 
 
+def options() -> dict:
+    """What was sent: a form's fields, or a JSON object (none: {})."""
+    if request.mimetype == "application/x-www-form-urlencoded":
+        return request.form.to_dict()
+    return request.get_json(force=True, silent=True) or {}
+
+
+def answer(body: dict, status: int = 200):
+    """JSON for programs; a browser that sent the dashboard's form goes back to the dashboard."""
+    if request.mimetype == "application/x-www-form-urlencoded":
+        return redirect(url_for("dashboard.page"), 303)
+    return body, status
+
+
 @bp.post("/reset")
 def reset():
     store().reset()
     return {"reset": True}
 
 
+@bp.get("/config")
+def settings():
+    return store().settings.as_json()
+
+
 @bp.post("/config")
 def configure():
-    options = request.get_json(force=True)
-    store().webhook_url = options.get("webhookUrl", store().webhook_url)
-    store().webhook_secret = options.get("webhookSecret", store().webhook_secret)
-    return {"webhookUrl": store().webhook_url}
+    """Any of GET /_sim/config's settings, e.g. {"webhookUrl": "...", "twice": true}."""
+    try:
+        return answer(store().configure(options()).as_json())
+    except ValueError as exc:
+        return {"error": str(exc)}, 400
 
 
 @bp.post("/faults")
 def set_faults():
     """{"delay": seconds, "slow": N, "fail": N, "failStatus": 503, "drop": N}; {} clears them.
     The delay applies to the next `slow` requests, or to every request when `slow` is 0."""
-    options = request.get_json(force=True) or {}
+    given = options()
     store().faults = Faults(
-        delay=float(options.get("delay", 0)),
-        slow=int(options.get("slow", 0)),
-        fail=int(options.get("fail", 0)),
-        fail_status=int(options.get("failStatus", 503)),
-        drop=int(options.get("drop", 0)),
+        delay=float(given.get("delay", 0)),
+        slow=int(given.get("slow", 0)),
+        fail=int(given.get("fail", 0)),
+        fail_status=int(given.get("failStatus", 503)),
+        drop=int(given.get("drop", 0)),
     )
     return asdict(store().faults)
 
@@ -50,11 +71,13 @@ def seen_requests():
 
 @bp.get("/deliveries")
 def deliveries():
-    return {"deliveries": list(store().deliveries)}
+    """Every delivery attempt, oldest first."""
+    return {"deliveries": list(store().outbox.deliveries)}
 
 
 @bp.get("/sessions")
 def sessions():
+    store().sweep()
     return {"sessions": [public(session) for session in store().sessions.values()]}
 
 
@@ -62,17 +85,22 @@ def sessions():
 def finish_session(session_id: str, action: str):
     """Complete, cancel or expire a session and produce Monime's signed event.
     {"deliver": false} returns the event without POSTing it; {"force": true}
-    emits it even when the session is no longer pending (late, repeated news)."""
+    emits it even when the session is no longer pending (late, repeated news);
+    {"url": "..."} sends it there instead of to the webhook URL."""
     if action not in ACTIONS or session_id not in store().sessions:
         abort(404)
-    options = request.get_json(silent=True) or {}
-    session = store().transition(session_id, ACTIONS[action], force=bool(options.get("force")))
+    given = options()
+    session = store().transition(session_id, ACTIONS[action], force=bool(given.get("force")))
     if session is None:
         return {"error": f"session {session_id} is no longer pending"}, 409
-    return emit(session, ACTIONS[action], deliver=options.get("deliver", True))
+    emitted = store().emit(session, ACTIONS[action], deliver=bool(given.get("deliver", True)), url=given.get("url", ""))
+    return answer(emitted)
 
 
-def emit(session: dict, status: str, deliver: bool) -> dict:
-    event = store().event(session, status)
-    delivery = store().deliver(event) if deliver and store().webhook_url else None
-    return {"session": public(session), "event": event, "delivery": delivery}
+@bp.post("/events/<event_id>/redeliver")
+def redeliver(event_id: str):
+    """Send an event again now, as Monime's dashboard does: {"delivery": the attempt}."""
+    delivery = store().outbox.redeliver(event_id)
+    if delivery is None:
+        return {"error": f"no event {event_id} to redeliver (unknown, or no webhook URL)"}, 404
+    return answer({"delivery": delivery})

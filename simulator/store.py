@@ -1,23 +1,19 @@
-"""The simulator's memory: sessions, idempotency keys, faults, requests seen, webhook deliveries."""
+"""The simulator's memory: sessions, idempotency keys, faults, requests seen, settings, and
+the outbox of webhook events."""
 
 import hashlib
 import json
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import requests
+from simulator import webhooks
+from simulator.settings import Settings
+from simulator.webhooks import Outbox
 
-from signatures import HEADER, sign
-
-API_VERSION = "caph.2025-08-23"
-SESSION_LIFETIME = timedelta(minutes=30)
-EVENT_FOR_STATUS = {
-    "completed": "checkout_session.completed",
-    "cancelled": "checkout_session.cancelled",
-    "expired": "checkout_session.expired",
-}
+PRIVATE = ("callbackState", "paymentOptions", "paymentMethod", "expiresAt")  # never shown by the API
 
 
 @dataclass
@@ -31,16 +27,27 @@ class Faults:
 
 @dataclass
 class Store:
-    webhook_url: str = ""
-    webhook_secret: str = ""
+    defaults: Settings = field(default_factory=Settings)  # what a reset returns to
     sessions: dict = field(default_factory=dict)
     idempotency: dict = field(default_factory=dict)  # key -> (body hash, session id)
     requests: list = field(default_factory=list)
-    deliveries: list = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
     idle: threading.Condition = field(default_factory=threading.Condition)
+    outbox: Outbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.defaults)
+
+    @property
+    def settings(self) -> Settings:
+        return self.outbox.settings
+
+    def configure(self, options: dict) -> Settings:
+        """Change settings while running; ValueError for an unknown one or a bad value."""
+        self.outbox.settings = self.settings.updated(options)
+        return self.settings
 
     def enter(self) -> None:
         with self.idle:
@@ -52,15 +59,17 @@ class Store:
             self.idle.notify_all()
 
     def reset(self) -> None:
-        """Forget everything, once requests still being answered (a slow one, say) are done."""
+        """Forget everything and restore the settings, once requests still being answered
+        (a slow one, say) are done."""
         with self.idle:
             self.idle.wait_for(lambda: self.in_flight == 0, timeout=30)
         with self.lock:
             self.sessions.clear()
             self.idempotency.clear()
             self.requests.clear()
-            self.deliveries.clear()
             self.faults = Faults()
+        self.outbox.settings = self.defaults
+        self.outbox.reset()
 
     def record(self, method: str, path: str, idempotency_key: str | None, body) -> None:
         with self.lock:
@@ -92,7 +101,7 @@ class Store:
             if key in self.idempotency:
                 known_digest, session_id = self.idempotency[key]
                 return (self.sessions[session_id], False) if known_digest == digest else (None, False)
-            session = new_session(body, base_url)
+            session = new_session(body, base_url, self.settings.session_lifetime)
             self.sessions[session["id"]] = session
             self.idempotency[key] = (digest, session["id"])
             return session, True
@@ -104,46 +113,44 @@ class Store:
             for key in [key for key, (_, made) in self.idempotency.items() if made == session_id]:
                 del self.idempotency[key]
 
-    def transition(self, session_id: str, status: str, force: bool = False) -> dict | None:
+    def transition(
+        self, session_id: str, status: str, force: bool = False, paid_with: str | None = None
+    ) -> dict | None:
         """Move a pending session to a final status; None if it is not pending (unless forced)."""
         with self.lock:
             session = self.sessions[session_id]
             if session["status"] != "pending" and not force:
                 return None
             session["status"] = status
+            session["paymentMethod"] = paid_with or session.get("paymentMethod")
             return session
 
-    def event(self, session: dict, status: str) -> dict:
-        """The signed webhook Monime sends when a session reaches `status`."""
-        envelope = {
-            "apiVersion": API_VERSION,
-            "event": {"id": f"evt-{secrets.token_hex(10)}", "name": EVENT_FOR_STATUS[status], "timestamp": now()},
-            "object": {"id": session["id"], "type": "checkout_session"},
-            "data": public(session),
-        }
-        body = json.dumps(envelope, separators=(",", ":"))
-        headers = {HEADER: sign(body.encode(), self.webhook_secret), "Content-Type": "application/json"}
-        return {"id": envelope["event"]["id"], "headers": headers, "body": body}
+    def emit(self, session: dict, status: str, deliver: bool = True, wait: bool = True, url: str = "") -> dict:
+        """Monime's signed event for `session` reaching `status`, sent to `url` or the webhook URL
+        unless not `deliver`: {"session", "event", "delivery"}, the first attempt if made now."""
+        event = webhooks.event(public(session), status, self.settings.webhook_secret)
+        delivery = self.outbox.send(event, url or self.settings.webhook_url, wait) if deliver else None
+        return {"session": public(session), "event": event, "delivery": delivery}
 
-    def deliver(self, event: dict) -> dict:
-        """POST the event to the webhook URL, as Monime would; record the attempt."""
-        try:
-            response = requests.post(self.webhook_url, data=event["body"], headers=event["headers"], timeout=10)
-            delivery = {"eventId": event["id"], "status": response.status_code, "body": response.text[:500]}
-        except requests.RequestException as exc:
-            delivery = {"eventId": event["id"], "status": None, "error": type(exc).__name__}
+    def sweep(self) -> None:
+        """Expire every pending session past its expireTime and send its checkout_session.expired.
+        Run on reads (lazily) and by the webhook worker (so one left alone expires too)."""
         with self.lock:
-            self.deliveries.append(delivery)
-        return delivery
+            overdue = [s for s in self.sessions.values() if s["status"] == "pending" and s["expiresAt"] <= time.time()]
+            for session in overdue:
+                session["status"] = "expired"
+        for session in overdue:
+            self.emit(session, "expired", wait=False)
 
 
-def new_session(body: dict, base_url: str) -> dict:
+def new_session(body: dict, base_url: str, lifetime: float) -> dict:
     session_id = f"scs-{secrets.token_hex(12)}"
     items = [
         {"type": "custom", "id": f"cli-{secrets.token_hex(8)}", "quantity": 1, **item}
         for item in (body.get("lineItems") or [])
     ]
     created = datetime.now(UTC)
+    expires = created + timedelta(seconds=lifetime)
     return {
         "id": session_id,
         "name": body["name"],
@@ -157,21 +164,20 @@ def new_session(body: dict, base_url: str) -> dict:
         "lineItems": {"data": items},
         "financialAccountId": body.get("financialAccountId"),
         "brandingOptions": body.get("brandingOptions"),
-        "expireTime": iso(created + SESSION_LIFETIME),
+        "expireTime": iso(expires),
         "createTime": iso(created),
         "ownershipGraph": None,
         "metadata": body.get("metadata"),
         "callbackState": body.get("callbackState"),
+        "paymentOptions": body.get("paymentOptions"),
+        "expiresAt": expires.timestamp(),
     }
 
 
 def public(session: dict) -> dict:
-    """A session as the API shows it: callbackState is never exposed in read APIs."""
-    return {key: value for key, value in session.items() if key != "callbackState"}
-
-
-def now() -> str:
-    return iso(datetime.now(UTC))
+    """A session as the API shows it: callbackState is never exposed in read APIs, nor is
+    what only the simulator keeps."""
+    return {key: value for key, value in session.items() if key not in PRIVATE}
 
 
 def iso(moment: datetime) -> str:

@@ -93,9 +93,9 @@ class Simulator:
         self._post("/reset")
         self.configure(webhook_url="", webhook_secret=WEBHOOK_SECRET)
 
-    def configure(self, **options) -> None:
-        names = {"webhook_url": "webhookUrl", "webhook_secret": "webhookSecret"}
-        self._post("/config", {names[key]: value for key, value in options.items()})
+    def configure(self, **options) -> dict:
+        """Any of GET /_sim/config's settings: webhook_url=…, twice=True, retry_backoff=0.05…"""
+        return self._post("/config", options)
 
     def faults(self, **faults) -> None:
         """delay=seconds, slow=N, fail=N, fail_status=503, drop=N"""
@@ -111,6 +111,17 @@ class Simulator:
 
     def deliveries(self) -> list[dict]:
         return self.http.get(f"{self.url}/_sim/deliveries", timeout=10).json()["deliveries"]
+
+    def wait_for_deliveries(self, count: int, deadline: float = 15) -> list[dict]:
+        """Every delivery attempt, once there are at least `count`: retries come from a worker thread."""
+        give_up = time.monotonic() + deadline
+        while len(found := self.deliveries()) < count and time.monotonic() < give_up:
+            time.sleep(0.02)  # polling a condition, bounded by the deadline
+        assert len(found) >= count, found
+        return found
+
+    def redeliver(self, event_id: str) -> dict:
+        return self._post(f"/events/{event_id}/redeliver")["delivery"]
 
     def finish(self, session_id: str, action: str, deliver: bool = True, force: bool = False) -> dict:
         return self._post(f"/sessions/{session_id}/{action}", {"deliver": deliver, "force": force})
@@ -298,9 +309,9 @@ def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, deadline:
 
 
 @contextmanager
-def gunicorn(database_url: str, simulator_url: str, log: Path, **env):
+def gunicorn(database_url: str, simulator_url: str, log: Path, port: int | None = None, **env):
     """The service as deployed: gunicorn.conf.py, gthread, two workers; stopped on exit."""
-    port = free_port()
+    port = port or free_port()
     environment = os.environ | service_settings(database_url, simulator_url)
     environment |= {"GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "2", "LOG_LEVEL": "info"} | env
     with log.open("w") as output:

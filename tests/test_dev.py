@@ -1,51 +1,116 @@
-"""`make dev` (scripts/dev): the service and the simulator, paid in a browser's steps, stopped by Ctrl-C."""
+"""`make dev` (scripts/dev): the service, the simulator and the storefront with one command,
+an order paid through them, in a browser's steps and in a browser, and all three stopped by
+Ctrl-C."""
 
 import os
+import re
 import signal
 import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
+from playwright.sync_api import expect
 
+from browser import chromium
 from conftest import ROOT, free_port, wait_until_healthy
 from support import order_payload
+
+NOT_INHERITED = ("MONIME_", "SIMULATOR_", "STOREFRONT_", "APP_URL", "CORS_ORIGINS", "PUBLIC_BASE_URL", "DATABASE_URL")
+
+
+@dataclass
+class Dev:
+    service: str
+    simulator: str
+    storefront: str
+    process: subprocess.Popen
+    log: Path
+    started: float  # time.monotonic() when scripts/dev was started
+
+    def wait_until_ready(self, deadline: float = 30) -> None:
+        """The service healthy, and the storefront's URL printed and answering."""
+        wait_until_healthy(self.service, self.process, self.log, deadline)
+        give_up = time.monotonic() + deadline
+        while not self.storefront_answers():
+            assert self.process.poll() is None and time.monotonic() < give_up, self.log.read_text()[-3000:]
+            time.sleep(0.05)  # polling for readiness, bounded by the deadline
+
+    def storefront_answers(self) -> bool:
+        if f"Open the demo shop:  {self.storefront}" not in self.log.read_text():
+            return False
+        try:
+            return requests.get(self.storefront, timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def ctrl_c(self) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        self.process.wait(timeout=15)
 
 
 @pytest.fixture
 def dev(tmp_path):
-    ports = {"PORT": str(free_port()), "SIMULATOR_PORT": str(free_port())}
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MONIME_", "SIMULATOR_"))}
-    env |= ports | {"DATABASE_URL": f"sqlite:///{tmp_path}/dev.sqlite3", "APP_URL": "http://127.0.0.1:3000"}
+    ports = {"PORT": free_port(), "SIMULATOR_PORT": free_port(), "STOREFRONT_PORT": free_port()}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(NOT_INHERITED)}
+    env |= {name: str(port) for name, port in ports.items()} | {"DATABASE_URL": f"sqlite:///{tmp_path}/dev.sqlite3"}
     log = tmp_path / "dev.log"
+    started = time.monotonic()
     with log.open("w") as output:
         process = subprocess.Popen(
             [ROOT / "scripts" / "dev"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
-    url = f"http://127.0.0.1:{ports['PORT']}"
+    url = "http://127.0.0.1:{}".format
     try:
-        wait_until_healthy(url, process, log)
-        yield url, process
+        yield Dev(
+            url(ports["PORT"]), url(ports["SIMULATOR_PORT"]), url(ports["STOREFRONT_PORT"]), process, log, started
+        )
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
-def test_make_dev_takes_a_payment_through_the_hosted_page_and_stops_on_ctrl_c(dev):
-    url, process = dev
-    created = requests.post(f"{url}/api/checkout", json=order_payload("ord_dev"), timeout=10)
-    assert created.status_code == 201, created.text
+def test_make_dev_serves_all_three_takes_a_payment_and_stops_them_on_ctrl_c(dev):
+    dev.wait_until_ready()
+    shop = requests.get(dev.storefront, timeout=10)
+    assert "Salone Goods" in shop.text and 'src="/static/shop.js"' in shop.text
+    assert dev.service in requests.get(f"{dev.storefront}/config.js", timeout=10).text
+    assert requests.get(f"{dev.storefront}/checkout/success?orderId=x", timeout=10).status_code == 200
 
+    created = requests.post(
+        f"{dev.service}/api/checkout", json=order_payload("ord_dev"), headers={"Origin": dev.storefront}, timeout=10
+    )
+    assert created.status_code == 201, created.text
+    assert created.headers["Access-Control-Allow-Origin"] == dev.storefront  # the storefront may call it
     hosted_page = requests.get(created.json()["redirectUrl"], timeout=10)
     assert hosted_page.status_code == 200 and "Pay" in hosted_page.text
     paid = requests.post(f"{created.json()['redirectUrl']}/pay", allow_redirects=False, timeout=10)
-    assert paid.headers["Location"] == f"{url}/api/checkout/success?orderId=ord_dev"
+    assert paid.headers["Location"] == f"{dev.service}/api/checkout/success?orderId=ord_dev"
     back = requests.get(paid.headers["Location"], allow_redirects=False, timeout=10)
-    assert back.headers["Location"] == "http://127.0.0.1:3000/checkout/success?orderId=ord_dev"
-    assert requests.get(f"{url}/api/orders/ord_dev", timeout=10).json()["status"] == "completed"
+    assert back.headers["Location"] == f"{dev.storefront}/checkout/success?orderId=ord_dev"
+    assert requests.get(f"{dev.service}/api/orders/ord_dev", timeout=10).json()["status"] == "completed"
 
-    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-    process.wait(timeout=15)
-    for address in (url, created.json()["redirectUrl"]):
+    dev.ctrl_c()
+    for address in (dev.service, dev.simulator, dev.storefront):
         with pytest.raises(requests.ConnectionError):
             requests.get(address, timeout=2)
+
+
+def test_from_make_dev_to_an_order_paid_in_the_browser_within_a_minute(dev, capsys):
+    with chromium() as browser:
+        dev.wait_until_ready()
+        page = browser.new_page()
+        page.goto(dev.storefront)
+        page.locator('.product[data-product="solar-lantern"] button').click()
+        page.get_by_role("button", name="Check out").click()
+        page.get_by_label("Orange Money").check()
+        page.get_by_role("button", name=re.compile("^Pay")).click()
+        expect(page.locator("#status")).to_have_text("completed")
+        took = time.monotonic() - dev.started
+
+    with capsys.disabled():
+        print(f"\n  from starting scripts/dev to an order paid in the browser: {took:.1f} s")
+    dev.ctrl_c()

@@ -63,6 +63,11 @@ def finish(simulator, session_id: str, action: str, **options) -> requests.Respo
     return requests.post(f"{simulator.url}/_sim/sessions/{session_id}/{action}", json=options, timeout=10)
 
 
+def answered(delivery: dict) -> dict:
+    """What a delivery attempt says the receiver answered."""
+    return {key: delivery[key] for key in ("eventId", "status", "body", "error")}
+
+
 def monime_error(response: requests.Response, status: int, reason: str) -> dict:
     """The error of an answer in Monime's error shape, checked."""
     assert response.status_code == status, response.text
@@ -377,20 +382,57 @@ def test_a_finished_session_posts_exactly_the_returned_event_to_the_webhook_url(
     assert post["headers"][signatures.HEADER] == event["headers"][signatures.HEADER]
     assert post["headers"]["Content-Type"] == "application/json"
     signatures.verify(post["body"], post["headers"][signatures.HEADER], [simulator.webhook_secret])
-    assert result["delivery"] == {"eventId": event["id"], "status": 200, "body": '{"received": true}'}
+    assert answered(result["delivery"]) == {
+        "eventId": event["id"],
+        "status": 200,
+        "body": '{"received": true}',
+        "error": None,
+    }
+    assert (result["delivery"]["attempt"], result["delivery"]["reason"]) == (1, "first")
+    assert result["delivery"]["eventName"] == "checkout_session.completed"
+    assert (result["delivery"]["sessionId"], result["delivery"]["url"]) == (session["id"], url)
     assert simulator.deliveries() == [result["delivery"]]
 
 
-def test_a_delivery_records_the_status_the_receiver_answered(simulator):
+def test_a_failed_delivery_is_retried_with_growing_backoff_each_attempt_signed_anew_and_recorded(simulator):
     session = created(simulator)
+    simulator.configure(retry_backoff=0.1, retry_attempts=3)
     with receiver(status=500) as (url, received):
         simulator.configure(webhook_url=url)
         result = simulator.cancel(session["id"])
+        attempts = simulator.wait_for_deliveries(3)
 
-    assert len(received) == 1
-    assert json.loads(received[0]["body"])["event"]["name"] == "checkout_session.cancelled"
-    assert [d["status"] for d in simulator.deliveries()] == [500]
-    assert result["delivery"]["eventId"] == result["event"]["id"]
+    assert result["delivery"] == attempts[0]
+    assert [(d["attempt"], d["reason"], d["status"]) for d in attempts] == [
+        (1, "first", 500),
+        (2, "retry", 500),
+        (3, "retry", 500),
+    ]
+    assert {d["eventId"] for d in attempts} == {result["event"]["id"]}
+    assert [post["body"] for post in received[:3]] == [result["event"]["body"].encode()] * 3
+    for post in received[:3]:
+        signatures.verify(post["body"], post["headers"][signatures.HEADER], [simulator.webhook_secret])
+    times = [datetime.fromisoformat(d["time"]) for d in attempts]
+    assert (times[1] - times[0]).total_seconds() >= 0.1  # the backoff
+    assert (times[2] - times[1]).total_seconds() >= 0.2  # doubled
+
+
+def test_a_retry_stops_at_the_first_2xx(simulator):
+    session = created(simulator)
+    simulator.configure(retry_backoff=0.05)
+    answers = iter([503, 502, 200])
+
+    @Request.application
+    def flaky(request: Request) -> Response:
+        return Response("{}", status=next(answers, 200))
+
+    with serving(flaky) as url:
+        simulator.configure(webhook_url=url)
+        simulator.complete(session["id"])
+        attempts = simulator.wait_for_deliveries(3)
+
+    assert [d["status"] for d in attempts] == [503, 502, 200]
+    assert [d["attempt"] for d in attempts] == [1, 2, 3]
 
 
 def test_a_delivery_to_an_unreachable_url_is_recorded_as_failed(simulator):
@@ -398,8 +440,13 @@ def test_a_delivery_to_an_unreachable_url_is_recorded_as_failed(simulator):
 
     result = simulator.complete(created(simulator)["id"])
 
-    assert result["delivery"] == {"eventId": result["event"]["id"], "status": None, "error": "ConnectionError"}
-    assert simulator.deliveries() == [result["delivery"]]
+    assert answered(result["delivery"]) == {
+        "eventId": result["event"]["id"],
+        "status": None,
+        "body": "",
+        "error": "ConnectionError",
+    }
+    assert simulator.deliveries()[0] == result["delivery"]
     assert get(simulator, result["session"]["id"]).json()["result"]["status"] == "completed"
 
 
@@ -567,7 +614,13 @@ def test_the_shoppers_choice_redirects_back_and_delivers_the_signed_webhook(simu
     assert envelope["event"]["name"] == f"checkout_session.{status}"
     assert envelope["object"]["id"] == session["id"]
     signatures.verify(post["body"], post["headers"][signatures.HEADER], [simulator.webhook_secret])
-    assert simulator.deliveries() == [{"eventId": envelope["event"]["id"], "status": 200, "body": '{"received": true}'}]
+    [delivery] = simulator.deliveries()
+    assert answered(delivery) == {
+        "eventId": envelope["event"]["id"],
+        "status": 200,
+        "body": '{"received": true}',
+        "error": None,
+    }
 
 
 def test_paying_without_a_webhook_url_still_completes(simulator):
@@ -629,3 +682,152 @@ def test_paying_a_session_made_without_a_success_url_shows_the_page_instead_of_r
     assert paid.status_code == 200
     assert "This session is completed." in paid.text
     assert get(simulator, session["id"]).json()["result"]["status"] == "completed"
+
+
+ALL_METHODS = ["momo:m17", "momo:m18", "card", "bank:slb001", "bank:slb004", "bank:slb007", "wallet:dw001"]
+
+
+def offered(page: str) -> list[str]:
+    return re.findall(r'name="method" value="([^"]+)"', page)
+
+
+def test_the_hosted_page_offers_every_payment_method_the_first_chosen(simulator):
+    page = hosted(created(simulator)["redirectUrl"]).text
+
+    assert offered(page) == ALL_METHODS
+    assert 'value="momo:m17" checked' in page
+    for label in ("Mobile Money", "Orange Money", "Africell Money", "Card", "Bank", "SLCB", "Wallet", "SafulPay"):
+        assert label in page
+
+
+def test_the_hosted_page_honours_the_sessions_payment_options(simulator):
+    options = {
+        "momo": {"enabledProviders": ["m18"], "disabledProviders": ["m18"]},  # both: enabled wins
+        "card": {"disable": True},
+        "bank": {"disabledProviders": ["slb004", "slb007"]},
+        "wallet": {"disable": True},
+    }
+    session = created(simulator, body_with(paymentOptions=options))
+
+    assert offered(hosted(session["redirectUrl"]).text) == ["momo:m18", "bank:slb001"]
+    assert "paymentOptions" not in session  # not part of Monime's CheckoutSession
+
+
+def test_paying_records_the_chosen_method_and_refuses_one_not_offered(simulator):
+    session = created(simulator, body_with(paymentOptions={"card": {"disable": True}}))
+    pay = f"{session['redirectUrl']}/pay"
+
+    refused = requests.post(pay, data={"method": "card"}, allow_redirects=False, timeout=10)
+    assert refused.status_code == 400
+    assert get(simulator, session["id"]).json()["result"]["status"] == "pending"
+
+    paid = requests.post(pay, data={"method": "wallet:dw001"}, allow_redirects=False, timeout=10)
+    assert paid.status_code == 303
+    dashboard = requests.get(f"{simulator.url}/_sim/", timeout=10).text
+    assert "wallet:dw001" in dashboard
+
+
+def test_cancelling_needs_no_payment_method(simulator):
+    session = created(
+        simulator, body_with(paymentOptions={key: {"disable": True} for key in ("momo", "card", "bank", "wallet")})
+    )
+
+    assert "allows no payment method" in hosted(session["redirectUrl"]).text
+    assert hosted(f"{session['redirectUrl']}/pay", "POST").status_code == 400
+    assert hosted(f"{session['redirectUrl']}/cancel", "POST").status_code == 303
+
+
+@pytest.mark.parametrize(("color", "accent"), [("#0a7c3e", "#0a7c3e"), ("red; } body { display: none", "#f97316")])
+def test_the_hosted_page_takes_a_hex_brand_colour_and_nothing_else(simulator, color, accent):
+    session = created(simulator, body_with(brandingOptions={"primaryColor": color}))
+
+    assert f"--accent: {accent} }}" in hosted(session["redirectUrl"]).text
+
+
+# --- settings, expiry and the dashboard ---------------------------------------------------------
+
+
+def test_the_settings_can_be_read_changed_and_are_restored_by_a_reset(simulator):
+    config = f"{simulator.url}/_sim/config"
+    defaults = requests.get(config, timeout=10).json()
+    assert defaults["retryAttempts"] == 6 and defaults["twice"] is False and defaults["sessionLifetime"] == 1800
+
+    changed = simulator.configure(twice=True, retryBackoff="0.5", session_lifetime=60)
+
+    assert (changed["twice"], changed["retryBackoff"], changed["sessionLifetime"]) == (True, 0.5, 60)
+    assert requests.get(config, timeout=10).json() == changed
+    simulator.reset()
+    assert requests.get(config, timeout=10).json() == defaults | {"webhookSecret": simulator.webhook_secret}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "red"}, "unknown setting 'colour'"),
+        ({"retryAttempts": "many"}, "must be a whole number"),
+        ({"deliveryDelay": -1}, "deliveryDelay must not be negative"),
+    ],
+)
+def test_an_unknown_setting_or_a_bad_value_is_a_400_and_changes_nothing(simulator, change, message):
+    before = requests.get(f"{simulator.url}/_sim/config", timeout=10).json()
+
+    response = requests.post(f"{simulator.url}/_sim/config", json=change, timeout=10)
+
+    assert response.status_code == 400 and message in response.json()["error"]
+    assert requests.get(f"{simulator.url}/_sim/config", timeout=10).json() == before
+
+
+def test_a_session_expires_at_its_expire_time_and_its_expired_event_is_delivered(simulator):
+    simulator.configure(session_lifetime=0.3)
+    with receiver() as (url, received):
+        simulator.configure(webhook_url=url)
+        session = created(simulator)
+        [delivery] = simulator.wait_for_deliveries(1)
+
+    envelope = json.loads(received[0]["body"])
+    assert (envelope["event"]["name"], envelope["object"]["id"]) == ("checkout_session.expired", session["id"])
+    assert envelope["data"]["status"] == "expired" and delivery["status"] == 200
+    assert get(simulator, session["id"]).json()["result"]["status"] == "expired"
+    assert "This session is expired." in hosted(session["redirectUrl"]).text
+    assert hosted(f"{session['redirectUrl']}/pay", "POST").status_code == 409
+
+
+def test_a_session_read_after_its_expire_time_is_expired_at_once(simulator):
+    simulator.configure(session_lifetime=0)
+
+    session = created(simulator)
+
+    assert session["expireTime"] == session["createTime"]
+    assert get(simulator, session["id"]).json()["result"]["status"] == "expired"
+
+
+def test_the_session_lifetime_sets_the_expire_time(simulator):
+    simulator.configure(session_lifetime=600)
+    session = created(simulator)
+
+    lifetime = datetime.fromisoformat(session["expireTime"]) - datetime.fromisoformat(session["createTime"])
+    assert lifetime.total_seconds() == 600
+
+
+def test_the_dashboard_lists_sessions_and_deliveries_and_its_forms_drive_the_simulator(simulator):
+    session = created(simulator)
+    dashboard = f"{simulator.url}/_sim/"
+    with receiver(status=500) as (url, _):
+        simulator.configure(webhook_url=url, retry_attempts=1)
+        switched = requests.post(f"{simulator.url}/_sim/config", data={"twice": "true"}, timeout=10)
+        assert switched.url == dashboard  # a form goes back to the dashboard
+        finished = requests.post(
+            f"{simulator.url}/_sim/sessions/{session['id']}/complete", data={"deliver": "true"}, timeout=10
+        )
+        assert finished.url == dashboard
+        page = requests.get(dashboard, timeout=10)
+        [redeliver] = set(re.findall(r'action="(/_sim/events/[^"]+/redeliver)"', page.text))
+        assert requests.post(f"{simulator.url}{redeliver}", data={"from": "dashboard"}, timeout=10).url == dashboard
+
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert session["id"] in page.text and "completed" in page.text
+    assert re.findall(r'class="failed status">(\d+)<', page.text) == ["500", "500"]
+    assert "Deliver every event twice: <strong>on</strong>" in page.text
+    first, second, again = simulator.deliveries()
+    assert [d["reason"] for d in (first, second, again)] == ["first", "twice", "redeliver"]
+    assert redeliver == f"/_sim/events/{first['eventId']}/redeliver" and again["eventId"] == first["eventId"]
