@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from marshmallow import ValidationError
 from sqlalchemy import select, update
 
 import logs
@@ -20,7 +21,7 @@ import monime
 import orders
 from models import CheckoutSession, Order, Outcome, Status, WebhookEvent, db, insert_unless_exists, utcnow
 from orders import SessionReport
-from schemas import WebhookEventSchema
+from schemas import WebhookEventSchema, storable
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +141,12 @@ def _report_from(envelope: dict) -> tuple[SessionReport | None, str | None]:
 
 
 def identifier(value) -> str | None:
-    """An id from an event's data, if it can be one (a short string, no NUL), else None."""
-    if isinstance(value, str) and 0 < len(value) <= 255 and "\x00" not in value:
-        return value
-    return None
+    """An id from an event's data, if it can be one (a short string the database can store)."""
+    try:
+        storable(value)
+    except (ValidationError, AttributeError):
+        return None
+    return value if 0 < len(value) <= 255 else None
 
 
 def _confirm_amount(report: SessionReport) -> tuple[SessionReport, str | None]:

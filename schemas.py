@@ -18,10 +18,20 @@ MAX_UNIT_PRICE = 10**12
 MAX_CLIENT_METADATA = 63  # Monime allows 64; the service adds orderId
 
 
-def text(max_length: int, *, required: bool = False, min_length: int | None = None):
+def storable(value: str) -> None:
+    """Text either database can store: no NUL, no unpaired surrogate (JSON can carry both)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("must not contain unpaired surrogate characters") from None
+    if "\x00" in value:
+        raise ValidationError("must not contain a NUL character")
+
+
+def text(max_length: int, *, required: bool = False, min_length: int = 1):
     if required:
-        return fields.String(required=True, validate=validate.Length(min=min_length or 1, max=max_length))
-    return fields.String(load_default=None, allow_none=True, validate=validate.Length(max=max_length))
+        return fields.String(required=True, validate=[validate.Length(min=min_length, max=max_length), storable])
+    return fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=max_length), storable])
 
 
 class PriceSchema(Schema):
@@ -49,8 +59,8 @@ class CheckoutRequestSchema(Schema):
     description = text(1000)
     lineItems = fields.List(fields.Nested(LineItemSchema), required=True, validate=validate.Length(min=1, max=16))
     metadata = fields.Dict(
-        keys=fields.String(validate=validate.Length(min=1, max=100)),
-        values=fields.String(validate=validate.Length(max=255)),
+        keys=fields.String(validate=[validate.Length(min=1, max=100), storable]),
+        values=fields.String(validate=[validate.Length(max=255), storable]),
         load_default=dict,
         validate=validate.Length(max=MAX_CLIENT_METADATA),
     )
@@ -80,7 +90,7 @@ class CatalogEntrySchema(Schema):
 
 class CatalogLineItemSchema(Schema):
     type = fields.String(load_default="custom", validate=validate.Equal("custom"))
-    sku = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    sku = text(100, required=True)
     quantity = fields.Integer(strict=True, load_default=1, validate=validate.Range(min=1, max=100_000))
 
     @pre_load
@@ -203,18 +213,12 @@ class ErrorSchema(Schema):
     error = fields.Nested(ErrorDetailSchema, required=True)
 
 
-def no_nul(value: str) -> None:
-    """Postgres stores no NUL character in text."""
-    if "\x00" in value:
-        raise ValidationError("must not contain a NUL character")
-
-
 class EventHeaderSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    id = fields.String(required=True, validate=[validate.Length(min=1, max=255), no_nul])
-    name = fields.String(required=True, validate=[validate.Length(min=1, max=100), no_nul])
+    id = fields.String(required=True, validate=[validate.Length(min=1, max=255), storable])
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=100), storable])
     timestamp = fields.String(load_default=None, allow_none=True)
 
 
@@ -222,7 +226,7 @@ class ObjectRefSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    id = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=255), no_nul])
+    id = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=255), storable])
     type = fields.String(load_default=None, allow_none=True)
 
 

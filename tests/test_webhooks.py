@@ -355,7 +355,7 @@ def test_ids_no_database_can_store_in_an_event_are_not_matched_and_change_nothin
     body = checkout(api)
     envelope = {
         "event": {"id": "evt-nul", "name": "checkout_session.completed"},
-        "data": {"id": "scs-\x00", "reference": "ord\x00", "lineItems": {"data": items(1)}},
+        "data": {"id": "scs-\ud800", "reference": "ord\x00", "lineItems": {"data": items(1)}},
     }
 
     response = deliver(api, signed(json.dumps(envelope)))
