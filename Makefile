@@ -1,12 +1,13 @@
 # make dev          the service on SQLite against the local Monime simulator
 # make test         every test, on SQLite and Postgres, installing what they need
 # make docker-test  build the image and run it against Postgres and the simulator
+# make bench        throughput, latency and memory against bare Flask (bench/README.md)
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test docker-test lint install
+.PHONY: dev test docker-test lint install bench
 
 install: $(VENV)/.installed
 
@@ -27,6 +28,9 @@ test: install browser-tools
 browser-tools:
 	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
 		|| echo "!! could not install chromium: the browser tests will not run"
+
+bench: install
+	bench/run
 
 lint: install
 	$(BIN)/ruff check .

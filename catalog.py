@@ -32,10 +32,11 @@ def load(path: str) -> dict[str, dict]:
 
 def init_app(app) -> None:
     path = app.config["CATALOG_FILE"]
-    app.extensions["catalog"] = load(path) if path else None
+    catalog = app.extensions["catalog"] = load(path) if path else None
+    # built once: a fresh schema builds its nested schemas again on every request
+    app.extensions["checkout_schema"] = CatalogCheckoutRequestSchema(catalog) if catalog else CheckoutRequestSchema()
 
 
 def checkout_schema() -> CheckoutRequestSchema:
     """The request schema for the mode the service runs in."""
-    catalog = current_app.extensions["catalog"]
-    return CatalogCheckoutRequestSchema(catalog) if catalog else CheckoutRequestSchema()
+    return current_app.extensions["checkout_schema"]

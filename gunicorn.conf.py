@@ -14,9 +14,13 @@ from gunicorn.glogging import Logger
 
 # gthread: each worker serves several requests at once in threads, so a
 # checkout waiting seconds on Monime does not block webhooks or health checks.
+# Two workers for two cores (another costs ~85 MiB and 15 database connections
+# and bought nothing in bench/run); 32 threads each, as a checkout holds its
+# thread for as long as Monime takes: with 8, sixteen slow checkouts made
+# webhooks queue (bench/RESULTS.md). 32 is also the Monime client's pool size.
 worker_class = "gthread"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 
 # A checkout may spend up to MONIME_RETRY_DEADLINE (15 s) retrying Monime;
