@@ -25,6 +25,7 @@ from schemas import WebhookEventSchema, storable
 
 log = logging.getLogger(__name__)
 
+events_table = WebhookEvent.__table__  # Core statements: no ORM bookkeeping on the hot path
 CHECKOUT_EVENTS = {
     "checkout_session.completed": Status.COMPLETED,
     "checkout_session.cancelled": Status.CANCELLED,
@@ -191,10 +192,9 @@ def _process(event_id, name, body, report, problem) -> Receipt:
     else:
         outcome, detail = orders.apply(order, report, event_id)
     db.session.execute(
-        update(WebhookEvent)
-        .where(WebhookEvent.id == event_id)
+        update(events_table)
+        .where(events_table.c.id == event_id)
         .values(outcome=outcome, detail=detail and detail[:255], order_id=order and order.id, processed_at=utcnow())
-        .execution_options(synchronize_session=False)
     )
     db.session.commit()
     logs.bind(orderId=order and order.id)
@@ -209,9 +209,9 @@ def _claim(event_id, name, body, report) -> bool:
     if insert_unless_exists(WebhookEvent, id=event_id, outcome=Outcome.FAILED, received_at=utcnow(), **values):
         return True
     retried = db.session.execute(
-        update(WebhookEvent)
-        .where(WebhookEvent.id == event_id, WebhookEvent.outcome == Outcome.FAILED)
-        .values(attempts=WebhookEvent.attempts + 1)
+        update(events_table)
+        .where(events_table.c.id == event_id, events_table.c.outcome == Outcome.FAILED)
+        .values(attempts=events_table.c.attempts + 1)
     )
     return retried.rowcount == 1
 
@@ -220,7 +220,7 @@ def _store_failure(event_id, name, body, report, detail) -> None:
     """Keep an event we could not process, marked failed, so it can be replayed."""
     if _claim(event_id, name, body, report):
         db.session.execute(
-            update(WebhookEvent).where(WebhookEvent.id == event_id).values(detail=detail[:255], processed_at=utcnow())
+            update(events_table).where(events_table.c.id == event_id).values(detail=detail[:255], processed_at=utcnow())
         )
     db.session.commit()
 

@@ -3,6 +3,7 @@ every verified webhook event, stored raw with what became of it."""
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cache
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, ForeignKey, String, Text, event
@@ -141,8 +142,13 @@ def insert_unless_exists(model, **values) -> bool:
 
     Against a concurrent insert of the same key the database decides: one
     wins, the other sees the row once the winner commits."""
-    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
-    primary_key = model.__mapper__.primary_key[0]
-    statement = dialect.insert(model).values(**values).on_conflict_do_nothing().returning(primary_key)
+    statement = _insert_ignoring_conflicts(model.__table__, db.session.get_bind().dialect.name)
     # RETURNING, not rowcount: psycopg reports no row count for this statement
-    return db.session.execute(statement).first() is not None
+    return db.session.execute(statement, values).first() is not None
+
+
+@cache
+def _insert_ignoring_conflicts(table, dialect_name: str):
+    """Built once per table: the values come with each execution."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)

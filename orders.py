@@ -27,6 +27,8 @@ from models import CheckoutSession, Order, Outcome, Status, db, insert_unless_ex
 from schemas import ORDER_ID_PATTERN
 
 ORDER_ID = re.compile(ORDER_ID_PATTERN)
+# Changes are Core statements on the table: the rules need no ORM bookkeeping, and they are the hot path.
+columns = Order.__table__.c
 FINAL_UNPAID = (Status.CANCELLED, Status.EXPIRED)
 # What each unpaid ending may replace, for the order's current session.
 ENDS = {Status.EXPIRED: (Status.PENDING,), Status.CANCELLED: (Status.PENDING, Status.EXPIRED)}
@@ -91,8 +93,8 @@ def start_new_attempt(order: Order) -> Order:
     _change(
         order,
         {"status": Status.PENDING, "idempotency_key": new_idempotency_key(), "checkout_session_id": None},
-        Order.status.in_(FINAL_UNPAID),
-        Order.idempotency_key == order.idempotency_key,
+        columns.status.in_(FINAL_UNPAID),
+        columns.idempotency_key == order.idempotency_key,
     )
     return reload(order.id)
 
@@ -118,8 +120,8 @@ def record_session(order: Order, session_id: str, redirect_url: str | None) -> b
     return _change(
         order,
         {"checkout_session_id": session_id},
-        Order.idempotency_key == order.idempotency_key,
-        Order.checkout_session_id.is_(None),
+        columns.idempotency_key == order.idempotency_key,
+        columns.checkout_session_id.is_(None),
     )
 
 
@@ -149,8 +151,8 @@ def apply(order: Order, report: SessionReport, event_id: str | None = None) -> t
         ended = _change(
             order,
             {"status": report.status},
-            Order.status.in_(ENDS[report.status]),
-            Order.checkout_session_id == report.session_id,
+            columns.status.in_(ENDS[report.status]),
+            columns.checkout_session_id == report.session_id,
         )
         if ended:
             return Outcome.APPLIED, None
@@ -169,11 +171,11 @@ def _complete(order: Order, report: SessionReport, event_id: str | None) -> tupl
     paid = _change(
         order,
         {"status": Status.COMPLETED, "checkout_session_id": report.session_id},
-        Order.status != Status.COMPLETED,
+        columns.status != Status.COMPLETED,
     )
     if paid:
         return Outcome.APPLIED, None
-    paid_by = db.session.scalar(select(Order.checkout_session_id).where(Order.id == order.id))
+    paid_by = db.session.scalar(select(columns.checkout_session_id).where(columns.id == order.id))
     if paid_by == report.session_id:
         return Outcome.UNCHANGED, "already completed"
     return hold(order, f"possible double payment: session {report.session_id} completed after {paid_by}", event_id)
@@ -182,17 +184,12 @@ def _complete(order: Order, report: SessionReport, event_id: str | None) -> tupl
 def hold(order: Order, reason: str, event_id: str | None) -> tuple[Outcome, str]:
     """Keep the order as it is and flag it for a person. The first reason stays;
     every held event keeps its own in the event log."""
-    _change(order, {"review_reason": reason[:255], "review_event_id": event_id}, Order.review_reason.is_(None))
+    _change(order, {"review_reason": reason[:255], "review_event_id": event_id}, columns.review_reason.is_(None))
     return Outcome.HELD, reason
 
 
 def _change(order: Order, values: dict, *conditions) -> bool:
-    statement = (
-        update(Order)
-        .where(Order.id == order.id, *conditions)
-        .values(**values, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    statement = update(Order.__table__).where(columns.id == order.id, *conditions).values(**values, updated_at=utcnow())
     return db.session.execute(statement).rowcount == 1
 
 
