@@ -211,6 +211,15 @@ def app(database_url, simulator):
     return app
 
 
+@pytest.fixture(
+    params=["postgresql+psycopg://postgres@127.0.0.1:9/nowhere", "sqlite:////nonexistent-directory/x.sqlite3"],
+    ids=["postgres", "sqlite"],
+)
+def database_down(request):
+    """A test client of the service whose database does not answer."""
+    return make_app(service_settings(request.param, "http://127.0.0.1:9")).test_client()
+
+
 @pytest.fixture
 def client(app):
     return app.test_client()

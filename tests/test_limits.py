@@ -9,7 +9,7 @@ import redis
 import requests
 
 from conftest import gunicorn, make_app, service_settings
-from support import WEBHOOK_PATH, order_payload, signed
+from support import WEBHOOK_PATH, deliver, order_payload, signed
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -51,7 +51,7 @@ def test_webhooks_and_reads_are_not_limited(database_url, simulator):
     client = limited_client(database_url, simulator, RATELIMIT_CHECKOUT="1/minute")
     for _ in range(5):
         assert client.get("/api/orders/nope").status_code == 404
-        assert client.post(WEBHOOK_PATH, **as_request(signed('{"event":{"id":"e1","name":"x"}}'))).status_code == 200
+        assert deliver(client, signed('{"event":{"id":"e1","name":"x"}}')).status_code == 200
 
 
 @pytest.fixture
@@ -141,7 +141,3 @@ def test_hsts_is_sent_over_https_behind_a_trusted_proxy(database_url, simulator)
     over_http = client.get("/healthz")
     assert over_https.headers["Strict-Transport-Security"] == "max-age=31536000"
     assert "Strict-Transport-Security" not in over_http.headers
-
-
-def as_request(event: dict) -> dict:
-    return {"data": event["body"], "headers": event["headers"]}
