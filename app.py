@@ -29,7 +29,12 @@ def create_app(config: dict | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             f"sqlite:///{os.path.join(app.instance_path, 'monime-checkout.sqlite3')}"
         )
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    # pre-ping: recover from a database restart; a pool as large as a worker's threads;
+    # hide_parameters: an error in the log never shows an order's or an event's content
+    app.config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS",
+        {"pool_pre_ping": True, "pool_size": 8, "max_overflow": 24, "hide_parameters": True},
+    )
 
     logs.configure(app.config["LOG_LEVEL"])
     models.init_app(app)

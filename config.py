@@ -17,6 +17,7 @@ LONGEST_ORDER_ID = 100
 MONIME_URL_LIMIT = 255
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_RETRY_DEADLINE = 25.0  # the contract: retries end "well under 30 s"
 
 
 class ConfigError(RuntimeError):
@@ -81,6 +82,8 @@ def check(config: dict, *, relaxed: bool) -> None:
         )
 
     config["MONIME_WEBHOOK_SECRETS"] = comma_list(config.get("MONIME_WEBHOOK_SECRET"))
+    if config.get("MONIME_WEBHOOK_SECRET") and not config["MONIME_WEBHOOK_SECRETS"]:
+        problems.append("MONIME_WEBHOOK_SECRET holds no secret")
     config["CORS_ORIGINS"] = [origin.rstrip("/") for origin in comma_list(config.get("CORS_ORIGINS"))]
     problems += [f"CORS_ORIGINS: {o!r} is not an origin" for o in config["CORS_ORIGINS"] if not is_origin(o)]
 
@@ -106,6 +109,8 @@ def check(config: dict, *, relaxed: bool) -> None:
                 raise ValueError
         except (TypeError, ValueError):
             problems.append(f"{name} must be a positive number of seconds")
+    if isinstance(config["MONIME_RETRY_DEADLINE"], float) and config["MONIME_RETRY_DEADLINE"] > MAX_RETRY_DEADLINE:
+        problems.append(f"MONIME_RETRY_DEADLINE must be at most {MAX_RETRY_DEADLINE:.0f} s: a shopper is waiting")
 
     if problems:
         raise ConfigError("Invalid configuration: " + "; ".join(problems))

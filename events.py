@@ -51,10 +51,10 @@ class Receipt:
 EVENT_SCHEMA = WebhookEventSchema()  # built once: a fresh schema costs ~5x the load itself (nested schemas)
 
 
-def parse(body: bytes) -> dict:
+def parse(text: str) -> dict:
     """The event envelope in a verified body; ValueError (bad JSON) or
     marshmallow's ValidationError (not a Monime event) otherwise."""
-    return EVENT_SCHEMA.load(json.loads(body))
+    return EVENT_SCHEMA.load(json.loads(text))
 
 
 def replay(event_id: str) -> Receipt | None:
@@ -63,46 +63,52 @@ def replay(event_id: str) -> Receipt | None:
     body = db.session.scalar(select(WebhookEvent.body).where(WebhookEvent.id == event_id))
     if body is None:
         return None
-    return receive(body, parse(body.encode()))
+    return receive(body, parse(body))
 
 
 def receive(body: str, envelope: dict) -> Receipt:
     """Process one verified event, once per event id; concurrent deliveries
     of the same id wait for the first one and are reported as duplicates."""
     event_id, name = envelope["event"]["id"], envelope["event"]["name"]
-    report, problem = _report_from(envelope)
-    if report and report.status == Status.COMPLETED and report.amount is None and not problem:
+    report = _report_from(envelope)
+    if report and report.session_id and report.status == Status.COMPLETED and not (report.amount or report.problem):
         if _settled(event_id):  # Monime is not asked about an event already processed
             return Receipt(event_id, None)
         try:
-            report, problem = _confirm_amount(report)
+            report = _confirm_amount(report)
         except VerificationUnavailable as exc:
             _store_failure(event_id, name, body, report, str(exc))
             raise
-    return _process(event_id, name, body, report, problem)
+    return _process(event_id, name, body, report)
 
 
-def refresh(order: Order, dry_run: bool = False) -> Outcome | None:
+def refresh(order_id: str, dry_run: bool = False) -> Outcome | None:
     """Ask Monime for the order's current session and apply what it says
     (with `dry_run`, work out what would change and undo it). None when there
-    is nothing to ask; FAILED when Monime cannot be reached."""
+    is nothing to ask; FAILED when Monime cannot be reached; HELD when Monime
+    does not know the session."""
+    order = orders.reload(order_id)
     if order.status == Status.COMPLETED or not order.checkout_session_id:
         return None
+    session_id = order.checkout_session_id
     db.session.commit()  # no transaction is held while Monime is asked
     try:
-        session = monime.client().get_session(order.checkout_session_id)
+        session = monime.client().get_session(session_id)
+    except monime.MonimeNotFound:
+        outcome, detail = orders.hold(orders.reload(order_id), f"Monime does not know session {session_id}", None)
     except monime.MonimeError as exc:
-        log.warning("session lookup failed", extra={"data": {"orderId": order.id, "error": str(exc)}})
+        log.warning("session lookup failed", extra={"data": {"orderId": order_id, "error": str(exc)}})
         return Outcome.FAILED
-    report = SessionReport(order.checkout_session_id, session.get("status"), _amount_or_none(session))
-    outcome, detail = orders.apply(orders.reload(order.id), report)
+    else:
+        report = SessionReport(session_id, session.get("status"), *_amount(session))
+        outcome, detail = orders.apply(orders.reload(order_id), report)
     if dry_run:
         db.session.rollback()
     else:
         db.session.commit()
     log.info(
         "order refreshed from Monime",
-        extra={"data": {"orderId": order.id, "outcome": outcome, "detail": detail, "dryRun": dry_run}},
+        extra={"data": {"orderId": order_id, "outcome": outcome, "detail": detail, "dryRun": dry_run}},
     )
     return outcome
 
@@ -115,33 +121,29 @@ def reconcile(older_than: timedelta, limit: int, dry_run: bool = False) -> Count
     stale = (
         select(Order)
         .join(CheckoutSession, CheckoutSession.id == Order.checkout_session_id)
-        .where(Order.status == Status.PENDING, CheckoutSession.created_at <= utcnow() - older_than)
+        .where(Order.status == Status.PENDING, Order.review_reason.is_(None))
+        .where(CheckoutSession.created_at <= utcnow() - older_than)
         .order_by(CheckoutSession.created_at)
         .limit(limit)
     )
     tally = Counter()
-    for order in db.session.scalars(stale).all():
-        tally[refresh(order, dry_run) or Outcome.UNCHANGED] += 1
+    for order_id in [order.id for order in db.session.scalars(stale)]:
+        tally[refresh(order_id, dry_run) or Outcome.UNCHANGED] += 1
     db.session.commit()
     return tally
 
 
-def _report_from(envelope: dict) -> tuple[SessionReport | None, str | None]:
-    """The session report an event carries (None for events we do not act on),
-    and a problem that keeps a completion from being trusted."""
+def _report_from(envelope: dict) -> SessionReport | None:
+    """The session report an event carries; None for events we do not act on."""
     status = CHECKOUT_EVENTS.get(envelope["event"]["name"])
     if status is None:
-        return None, None
+        return None
     ref, data = envelope["object"], envelope["data"]
     session_id = (
         ref.get("id") if ref.get("type") == "checkout_session" and ref.get("id") else identifier(data.get("id"))
     )
-    reference = identifier(data.get("reference"))
-    try:
-        amount, problem = monime.session_amount(data), None
-    except ValueError as exc:
-        amount, problem = None, f"completion cannot be checked: {exc}"
-    return SessionReport(str(session_id or ""), status, amount, reference), problem
+    amount, problem = _amount(data) if status == Status.COMPLETED else (None, None)  # only a completion's matters
+    return SessionReport(str(session_id or ""), status, amount, identifier(data.get("reference")), problem)
 
 
 def identifier(value) -> str | None:
@@ -153,44 +155,41 @@ def identifier(value) -> str | None:
     return value if 0 < len(value) <= 255 else None
 
 
-def _confirm_amount(report: SessionReport) -> tuple[SessionReport, str | None]:
+def _confirm_amount(report: SessionReport) -> SessionReport:
     """A completion without line items is checked against the session Monime holds."""
-    order = orders.find(report)
+    order, _ = orders.find(report)
     db.session.commit()  # end the read before asking Monime
     if order is None:
-        return report, None
+        return report
     try:
         session = monime.client().get_session(report.session_id)
     except monime.MonimeNotFound:
-        return report, "Monime does not know the completed session"
+        return replace(report, problem="Monime does not know the completed session")
     except monime.MonimeError as exc:  # 5xx, 401/403 and timeouts alike: try again later
         raise VerificationUnavailable(f"the completion could not be confirmed with Monime: {exc}") from exc
+    amount, problem = _amount(session)
+    return replace(report, amount=amount, problem=problem)
+
+
+def _amount(session: dict) -> tuple[tuple[str, int] | None, str | None]:
+    """A session's amount, or the problem that keeps it from being read."""
     try:
-        return replace(report, amount=monime.session_amount(session)), None
+        return monime.session_amount(session), None
     except ValueError as exc:
-        return report, f"completion cannot be checked: {exc}"
+        return None, f"completion cannot be checked: {exc}"
 
 
-def _amount_or_none(session: dict) -> tuple[str, int] | None:
-    try:
-        return monime.session_amount(session)
-    except ValueError:
-        return None
-
-
-def _process(event_id, name, body, report, problem) -> Receipt:
+def _process(event_id, name, body, report) -> Receipt:
     if not _claim(event_id, name, body, report):
         db.session.rollback()
         return Receipt(event_id, None)
-    order = orders.find(report) if report and report.session_id else None
+    order, by_reference = orders.find(report) if report and report.session_id else (None, False)
     if report is None:
         outcome, detail = Outcome.IGNORED, f"{name} is not acted on"
     elif order is None:
         outcome, detail = Outcome.UNMATCHED, f"no order knows session {report.session_id or '(none)'}"
-    elif problem:
-        outcome, detail = orders.hold(order, problem, event_id)
     else:
-        outcome, detail = orders.apply(order, report, event_id)
+        outcome, detail = orders.apply(order, report, event_id, by_reference)
     db.session.execute(
         update(events_table)
         .where(events_table.c.id == event_id)

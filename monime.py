@@ -7,6 +7,7 @@ Failures come out as typed errors that the HTTP layer maps to status codes;
 none of them carries the access token.
 """
 
+import itertools
 import random
 import time
 from urllib.parse import quote
@@ -94,7 +95,7 @@ class MonimeClient:
     def _call(self, operation: str, method: str, path: str, *, deadline: float, **kwargs) -> dict:
         """Attempt until an answer, a 4xx, or the deadline, whichever comes first."""
         give_up_at = time.monotonic() + deadline
-        for attempt in range(1_000):
+        for attempt in itertools.count():
             remaining = max(give_up_at - time.monotonic(), 0.001)
             timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
             response, failure = self._attempt(operation, method, path, timeout, **kwargs)
@@ -102,9 +103,8 @@ class MonimeClient:
                 return self._result(response)
             pause = _backoff(attempt)
             if time.monotonic() + pause >= give_up_at:
-                break
+                raise failure
             time.sleep(pause)
-        raise failure
 
     def _attempt(self, operation, method, path, timeout, **kwargs) -> tuple[requests.Response | None, MonimeError]:
         """One HTTP request, timed: the response, or the failure worth retrying. A 4xx is raised."""

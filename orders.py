@@ -42,6 +42,7 @@ class SessionReport:
     status: str
     amount: tuple[str, int] | None  # (currency, minor units); None when not known
     reference: str | None = None
+    problem: str | None = None  # why the amount cannot be trusted (unreadable, unknown to Monime)
 
 
 def fingerprint(draft: dict) -> str:
@@ -125,25 +126,27 @@ def record_session(order: Order, session_id: str, redirect_url: str | None) -> b
     )
 
 
-def find(report: SessionReport) -> Order | None:
-    """The order a session belongs to: by session id (current or earlier
-    session), else by the reference Monime echoes back, but only for an order
-    that has no session of its own yet."""
+def find(report: SessionReport) -> tuple[Order | None, bool]:
+    """The order a session belongs to, and whether it was found by reference:
+    by session id (current or earlier session) first, else by the reference
+    Monime echoes back, but only for an order that has no session of its own."""
     by_session = select(Order).join(CheckoutSession).where(CheckoutSession.id == report.session_id)
     order = db.session.scalars(by_session).first()
     if order is not None or not report.reference:
-        return order
+        return order, False
     order = get(report.reference)
     if order is None or order.checkout_session_id is not None:
-        return None
+        return None, False
     has_sessions = db.session.scalar(select(CheckoutSession.id).where(CheckoutSession.order_id == order.id).limit(1))
-    return None if has_sessions else order
+    return (None, False) if has_sessions else (order, True)
 
 
-def apply(order: Order, report: SessionReport, event_id: str | None = None) -> tuple[Outcome, str | None]:
-    """Apply what Monime says about one of the order's sessions."""
-    if order.checkout_session_id is None:
-        # Found by reference: the session was made but not yet recorded.
+def apply(
+    order: Order, report: SessionReport, event_id: str | None = None, by_reference: bool = False
+) -> tuple[Outcome, str | None]:
+    """Apply what Monime says about one of the order's sessions. An order found
+    by reference first takes the session as its own: it was made, never recorded."""
+    if by_reference:
         record_session(order, report.session_id, None)
     if report.status == Status.COMPLETED:
         return _complete(order, report, event_id)
@@ -164,6 +167,8 @@ def apply(order: Order, report: SessionReport, event_id: str | None = None) -> t
 
 
 def _complete(order: Order, report: SessionReport, event_id: str | None) -> tuple[Outcome, str | None]:
+    if report.problem:
+        return hold(order, report.problem, event_id)
     expected = (order.currency, order.amount)
     if report.amount != expected:
         reason = f"amount mismatch: Monime reports {_money(report.amount)}, the order is {_money(expected)}"

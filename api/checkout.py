@@ -40,8 +40,7 @@ def start_checkout() -> tuple[int, dict]:
     order = orders.place(draft)
     if order.fingerprint != orders.fingerprint(draft):
         raise ApiError(409, "order_conflict", f"Order {order.id!r} was already submitted with different content.")
-    if order.status == Status.COMPLETED:
-        raise ApiError(409, "order_completed", f"Order {order.id!r} is already paid.")
+    refuse_if_paid(order)
     if order.status in orders.FINAL_UNPAID:
         order = orders.start_new_attempt(order)
     session = orders.current_session(order)
@@ -50,10 +49,24 @@ def start_checkout() -> tuple[int, dict]:
         return 200, checkout_response(order.id, session.id, session.redirect_url)
 
     created = call_monime(order)
-    became_current = orders.record_session(order, created["id"], created.get("redirectUrl"))
+    if orders.record_session(order, created["id"], created.get("redirectUrl")):
+        db.session.commit()
+        log.info("checkout session created", extra={"data": {"sessionId": created["id"]}})
+        return 201, checkout_response(order.id, created["id"], created.get("redirectUrl"))
+    # While Monime answered, a concurrent request recorded a session, or a late
+    # completion of an earlier session paid the order: never hand out a second one.
+    order = orders.reload(order.id)
+    session = orders.current_session(order)
     db.session.commit()
-    log.info("checkout session created", extra={"data": {"sessionId": created["id"]}})
-    return 201 if became_current else 200, checkout_response(order.id, created["id"], created.get("redirectUrl"))
+    refuse_if_paid(order)
+    if session is None:  # a newer attempt has begun and not recorded its session yet
+        return 200, checkout_response(order.id, created["id"], created.get("redirectUrl"))
+    return 200, checkout_response(order.id, session.id, session.redirect_url)
+
+
+def refuse_if_paid(order: Order) -> None:
+    if order.status == Status.COMPLETED:
+        raise ApiError(409, "order_completed", f"Order {order.id!r} is already paid.")
 
 
 def load_checkout_request() -> dict:
@@ -127,7 +140,7 @@ def back_from_monime(page: str):
     order = orders.get(order_id)
     if order is None:
         raise ApiError(404, "order_not_found", "No order has this orderId.")
-    events.refresh(order)
+    events.refresh(order.id)
     return redirect(frontend_url(page, order.id), 303)
 
 

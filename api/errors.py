@@ -4,6 +4,7 @@ import logging
 
 from flask import jsonify
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from models import db
@@ -27,6 +28,10 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return response
 
 
+def database_unavailable_response():
+    return error_response(503, "database_unavailable", "The database is unavailable; try again.", {"Retry-After": "5"})
+
+
 def init_app(app) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
@@ -40,13 +45,13 @@ def init_app(app) -> None:
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeout)
     def database_unavailable(exc: Exception):
-        # Down, restarting or locked: nothing was stored, and a 503 tells Monime to deliver again.
+        # Down, restarting, locked or out of connections: nothing was stored, and a 503
+        # tells Monime to deliver again.
         db.session.rollback()
-        log.error("database unavailable", extra={"data": {"error": type(exc.orig).__name__}})
-        return error_response(
-            503, "database_unavailable", "The database is unavailable; try again.", {"Retry-After": "5"}
-        )
+        log.error("database unavailable", extra={"data": {"error": type(getattr(exc, "orig", exc)).__name__}})
+        return database_unavailable_response()
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):

@@ -8,7 +8,7 @@ import apidoc
 import logs
 import metrics
 import orders
-from api.errors import ApiError
+from api.errors import ApiError, database_unavailable_response
 from models import db
 from schemas import OrderSchema
 
@@ -30,7 +30,7 @@ def healthz():
         db.session.execute(text("SELECT 1"))
     except SQLAlchemyError:
         db.session.rollback()
-        raise ApiError(503, "database_unavailable", "The database does not answer.") from None
+        return database_unavailable_response()
     return {"status": "ok", "database": "ok"}
 
 

@@ -33,14 +33,15 @@ def monime_webhook():
     WEBHOOK_SIGNATURES.labels("verified").inc()
 
     try:
-        envelope = events.parse(body)
+        text = body.decode()  # strict UTF-8, as Monime sends; anything else is not an event
+        envelope = events.parse(text)
     except (ValueError, ValidationError) as exc:
         details = exc.messages if isinstance(exc, ValidationError) else {}
         raise ApiError(400, "malformed_event", "The body is not a Monime event.", fields=details) from None
 
     logs.bind(eventId=envelope["event"]["id"])
     try:
-        receipt = events.receive(body.decode(), envelope)
+        receipt = events.receive(text, envelope)
     except events.VerificationUnavailable as exc:
         WEBHOOK_EVENTS.labels(Outcome.FAILED).inc()
         raise ApiError(503, "monime_unavailable", f"{exc}. Deliver the event again.", {"Retry-After": "30"}) from None

@@ -19,6 +19,7 @@ def test_healthz_is_503_when_the_database_does_not_answer(database_down):
     response = database_down.get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "5"
 
 
 def test_an_unknown_route_is_a_json_404(api):

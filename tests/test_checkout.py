@@ -1,5 +1,8 @@
 """POST /api/checkout: validation, storage, Monime calls, retries and resubmissions."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from conftest import PUBLIC_BASE_URL, make_app, service_settings
@@ -292,3 +295,23 @@ def test_a_refusal_by_monime_is_a_502_naming_monimes_reason_without_the_token(da
     assert (error["code"], error["monimeStatus"], error["monimeReason"]) == ("monime_rejected", 401, "unauthenticated")
     assert "mon_test_wrong_token" not in response.text
     assert len(simulator.requests("POST")) == 1, "a 4xx is not retried"
+
+
+def test_an_order_paid_by_an_earlier_session_while_monime_makes_a_new_one_is_refused(database_url, simulator, app):
+    """A late completion lands during the Monime call of a new attempt: no second payable session is handed out."""
+    client = make_app(service_settings(database_url, simulator.url) | {"MONIME_READ_TIMEOUT": "5"}).test_client()
+    first = checkout(client, orderId="ord_late_pay")["sessionId"]
+    deliver(client, simulator.cancel(first, deliver=False)["event"])
+    late_completion = simulator.complete(first, deliver=False, force=True)["event"]
+    simulator.faults(delay=0.5, slow=1)  # the new attempt's create is slow
+
+    with ThreadPoolExecutor(1) as pool:
+        resubmitted = pool.submit(client.post, "/api/checkout", json=order_payload("ord_late_pay"))
+        while len(simulator.requests("POST")) < 2:  # the create has reached Monime
+            time.sleep(0.01)
+        assert deliver(client, late_completion).get_json()["outcome"] == "applied"
+        response = resubmitted.result()
+
+    assert response.status_code == 409
+    assert response.get_json()["error"]["code"] == "order_completed"
+    assert order(client, "ord_late_pay")["checkoutSessionId"] == first

@@ -103,3 +103,12 @@ def test_cors_origins_are_a_list_of_origins():
     assert config["CORS_ORIGINS"] == ["https://shop.example", "http://127.0.0.1:3000"]
     assert "not an origin" in refusal(CORS_ORIGINS="https://shop.example/path")
     assert "not an origin" in refusal(CORS_ORIGINS="*")
+
+
+def test_a_webhook_secret_of_only_commas_is_no_secret():
+    assert "MONIME_WEBHOOK_SECRET holds no secret" in refusal(MONIME_WEBHOOK_SECRET=" , ,")
+
+
+def test_the_retry_deadline_stays_well_under_thirty_seconds():
+    check(from_environment(VALID | {"MONIME_RETRY_DEADLINE": "25"}), relaxed=False)
+    assert "MONIME_RETRY_DEADLINE must be at most 25 s" in refusal(MONIME_RETRY_DEADLINE="26")

@@ -75,6 +75,19 @@ def test_reconcile_fails_loudly_when_monime_cannot_be_asked(client, runner, simu
     assert set(statuses(client, truth).values()) == {"pending"}
 
 
+def test_an_order_whose_session_monime_does_not_know_is_held_and_left_to_a_person(client, runner, simulator):
+    truth = missed_webhooks(client, simulator, 2)
+    simulator.reset()  # Monime no longer knows either session
+
+    first = runner.invoke(args=["orders", "reconcile", "--older-than", "0s"])
+    second = runner.invoke(args=["orders", "reconcile", "--older-than", "0s"])
+
+    assert (first.exit_code, first.output) == (0, "reconciled 2 orders: held 2\n")
+    assert second.output == "reconciled 0 orders: nothing to do\n"
+    for order_id in truth:
+        assert "does not know" in order(client, order_id)["review"]["reason"]
+
+
 @pytest.mark.parametrize("value", ["10", "10x", "m", "-5m"])
 def test_reconcile_refuses_a_duration_it_cannot_read(runner, value):
     result = runner.invoke(args=["orders", "reconcile", "--older-than", value])

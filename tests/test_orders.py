@@ -138,7 +138,26 @@ def test_find_by_session_id_then_by_reference_only_for_an_order_without_sessions
     placed("ord_with_session", session_id="scs-own")
     placed("ord_without", session_id=None)
 
-    assert orders.find(report(Status.COMPLETED, session_id="scs-own")).id == "ord_with_session"
-    assert orders.find(report(Status.COMPLETED, "scs-x", reference="ord_without")).id == "ord_without"
-    assert orders.find(report(Status.COMPLETED, "scs-x", reference="ord_with_session")) is None
-    assert orders.find(report(Status.COMPLETED, "scs-x", reference="ord_missing")) is None
+    def found(**kwargs):
+        order, by_reference = orders.find(report(Status.COMPLETED, **kwargs))
+        return order and order.id, by_reference
+
+    assert found(session_id="scs-own") == ("ord_with_session", False)
+    assert found(session_id="scs-x", reference="ord_without") == ("ord_without", True)
+    assert found(session_id="scs-x", reference="ord_with_session") == (None, False)
+    assert found(session_id="scs-x", reference="ord_missing") == (None, False)
+
+
+@pytest.mark.parametrize("late", [Status.CANCELLED, Status.EXPIRED])
+def test_a_late_event_of_an_earlier_session_does_not_take_over_a_new_attempt(ctx, late):
+    """Between a new attempt and the recording of its session, the order has no current session."""
+    order = placed()
+    orders.apply(order, report(Status.CANCELLED))
+    orders.start_new_attempt(orders.reload(order.id))  # Monime is being asked for a new session
+
+    found, by_reference = orders.find(report(late))
+    outcome, _ = orders.apply(found, report(late), by_reference=by_reference)
+
+    assert outcome == Outcome.UNCHANGED
+    assert (orders.reload(order.id).status, orders.reload(order.id).checkout_session_id) == (Status.PENDING, None)
+    assert orders.record_session(orders.reload(order.id), "scs-2", None) is True

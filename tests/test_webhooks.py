@@ -126,6 +126,7 @@ def test_a_body_over_one_mebibyte_is_413_and_changes_nothing(api, app):
         '{"event": {"id": 1, "name": "x"}}',
         b"\xff\xfe",
         '{"event": {"id": "evt\\u0000", "name": "x"}}',
+        '{"event": {"id": "e", "name": "x"}}'.encode("utf-16"),
     ],
 )
 def test_a_signed_body_that_is_not_an_event_is_400(api, app, body):
@@ -363,3 +364,25 @@ def test_ids_no_database_can_store_in_an_event_are_not_matched_and_change_nothin
     assert response.status_code == 200
     assert response.get_json()["outcome"] == "unmatched"
     assert order(api, body["orderId"])["status"] == "pending"
+
+
+def test_a_completion_without_a_session_id_is_unmatched_without_asking_monime(api, simulator):
+    body = checkout(api, orderId="ord_no_session")
+    envelope = {
+        "event": {"id": "evt-no-session", "name": "checkout_session.completed"},
+        "data": {"reference": "ord_no_session"},
+    }
+
+    response = deliver(api, signed(json.dumps(envelope)))
+
+    assert response.get_json()["outcome"] == "unmatched"
+    assert simulator.requests("GET") == []
+    assert order(api, body["orderId"])["status"] == "pending"
+
+
+@pytest.mark.parametrize("ending", ["checkout_session.cancelled", "checkout_session.expired"])
+def test_an_ending_with_unreadable_line_items_still_ends_the_order(api, ending):
+    body = checkout(api)
+    event = signed_event(ending, body["sessionId"], line_items=["not an item"])
+    assert deliver(api, event).get_json()["outcome"] == "applied"
+    assert order(api, body["orderId"])["status"] != "pending"
