@@ -22,6 +22,7 @@ API_VERSION = "caph.2025-08-23"
 RETRYABLE_STATUSES = {429, 500, 502, 503, 504}
 FIRST_BACKOFF = 0.1  # seconds; doubles per retry, with jitter
 MAX_BACKOFF = 2.0
+MIN_ATTEMPT = 0.1  # seconds: an attempt with less time than this could only time out
 
 
 class MonimeError(Exception):
@@ -102,7 +103,7 @@ class MonimeClient:
             if response is not None:
                 return self._result(response)
             pause = _backoff(attempt)
-            if time.monotonic() + pause >= give_up_at:
+            if time.monotonic() + pause + MIN_ATTEMPT > give_up_at:  # no time left for a real attempt
                 raise failure
             time.sleep(pause)
 
