@@ -119,7 +119,7 @@ def reconcile(older_than: timedelta, limit: int, dry_run: bool = False) -> Count
     beside webhooks and other reconcilers: every change is a conditional
     UPDATE in orders.py. Returns how many orders ended in each outcome."""
     stale = (
-        select(Order)
+        select(Order.id)
         .join(CheckoutSession, CheckoutSession.id == Order.checkout_session_id)
         .where(Order.status == Status.PENDING, Order.review_reason.is_(None))
         .where(CheckoutSession.created_at <= utcnow() - older_than)
@@ -127,7 +127,7 @@ def reconcile(older_than: timedelta, limit: int, dry_run: bool = False) -> Count
         .limit(limit)
     )
     tally = Counter()
-    for order_id in [order.id for order in db.session.scalars(stale)]:
+    for order_id in db.session.scalars(stale).all():
         tally[refresh(order_id, dry_run) or Outcome.UNCHANGED] += 1
     db.session.commit()
     return tally
