@@ -164,8 +164,8 @@ def new_session(body: dict, base_url: str, lifetime: float) -> dict:
         "lineItems": {"data": items},
         "financialAccountId": body.get("financialAccountId"),
         "brandingOptions": body.get("brandingOptions"),
-        "expireTime": iso(expires),
-        "createTime": iso(created),
+        "expireTime": webhooks.iso(expires),
+        "createTime": webhooks.iso(created),
         "ownershipGraph": None,
         "metadata": body.get("metadata"),
         "callbackState": body.get("callbackState"),
@@ -178,7 +178,3 @@ def public(session: dict) -> dict:
     """A session as the API shows it: callbackState is never exposed in read APIs, nor is
     what only the simulator keeps."""
     return {key: value for key, value in session.items() if key not in PRIVATE}
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

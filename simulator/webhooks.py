@@ -228,5 +228,10 @@ def post(url: str, body: str, headers: dict, timeout: float) -> dict:
     return outcome | {"ms": round((time.monotonic() - started) * 1000)}
 
 
+def iso(moment: datetime, timespec: str = "seconds") -> str:
+    """A UTC moment as Monime writes it: 2026-01-01T00:00:00Z."""
+    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 def iso_now(timespec: str = "milliseconds") -> str:
-    return datetime.now(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+    return iso(datetime.now(UTC), timespec)
