@@ -234,11 +234,15 @@ class ThrowawayPostgres:
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.url = self.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
         self.process: subprocess.Popen | None = None
-        initdb = [binaries / "initdb", "-D", self.directory / "data", "-U", "postgres", "--auth=trust"]
-        subprocess.run(
-            [*initdb, "--no-locale", "--encoding=UTF8", "--no-sync"],
-            check=True, capture_output=True, timeout=120, **self.as_owner,
+
+    def initdb(self) -> None:
+        """Make the cluster: user postgres, trust authentication, no locale, UTF-8."""
+        made = subprocess.run(
+            [self.binaries / "initdb", "-D", self.directory / "data", "-U", "postgres", "--auth=trust",
+             "--no-locale", "--encoding=UTF8", "--no-sync"],
+            capture_output=True, text=True, timeout=120, **self.as_owner,
         )  # fmt: skip
+        assert made.returncode == 0, f"initdb failed:\n{made.stdout[-3000:]}{made.stderr[-3000:]}"
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections (AssertionError after 60 s)."""
@@ -305,6 +309,7 @@ def throwaway_postgres(tmp_path):
         pytest.skip(f"no throwaway Postgres ({problem}): this test did NOT run")
     cluster = ThrowawayPostgres(binaries, owner, tmp_path / "postgres.log")
     try:
+        cluster.initdb()
         cluster.start()
         yield cluster
     finally:
