@@ -119,7 +119,7 @@ def init_app(app) -> None:
 
 
 # The execution option read_only() sets on the session's connection.
-READ_ONLY = "read_only"
+READ_ONLY = "checkout_read_only"
 
 
 def read_only() -> None:
