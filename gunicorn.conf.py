@@ -35,12 +35,13 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # client sends it: seventy clients trickling webhook bodies held every thread
 # and /healthz hung. gunicorn has no setting for this, so pre_request gives each
 # request's body GUNICORN_CLIENT_TIMEOUT seconds from the end of its headers:
-# past that, reading it ends early, the app answers 400 (werkzeug's
-# ClientDisconnected) and the connection is closed. It bounds the body, not the
-# headers (gunicorn offers no hook before it parses them) and not a slow reader
-# of the response: a buffering reverse proxy in front (deploy/nginx.conf) is
-# still the real defence, and this the backstop when a request reaches gunicorn
-# directly. Above MAX_BODY_BYTES (1 MiB) over a slow mobile link.
+# past that the body ends where it stopped, the app refuses it with a 4xx (a
+# cut webhook fails its signature, a cut chunked body is a 400) and the
+# connection is closed. It bounds the body, not the headers (gunicorn offers no
+# hook before it parses them) nor a slow reader of the response, and a slow
+# client still holds its thread until then: a buffering reverse proxy in front
+# (deploy/nginx.conf) is the real defence, this the backstop when a request
+# reaches gunicorn directly. 10 s carries the largest body (1 MiB) at 0.8 Mbit/s.
 client_timeout = float(os.environ.get("GUNICORN_CLIENT_TIMEOUT", "10"))
 
 
@@ -77,7 +78,9 @@ class BodyDeadline:
 
 def pre_request(worker, req):
     """Start the request's body deadline (see client_timeout)."""
-    unreader = req.unreader  # the connection's, shared by its keep-alive requests
+    unreader = getattr(req, "unreader", None)  # the connection's, shared by its keep-alive requests
+    if not hasattr(unreader, "sock"):  # not read from a socket (HTTP/2 is not enabled here)
+        return
     if not isinstance(unreader.sock, BodyDeadline):
         unreader.sock = BodyDeadline(unreader.sock, req)
     unreader.sock.req, unreader.sock.deadline = req, time.monotonic() + client_timeout
@@ -85,7 +88,7 @@ def pre_request(worker, req):
 
 def post_request(worker, req, environ, resp):
     """The next request's headers are read without the deadline."""
-    if isinstance(req.unreader.sock, BodyDeadline):
+    if isinstance(getattr(getattr(req, "unreader", None), "sock", None), BodyDeadline):
         req.unreader.sock.deadline = None
 
 
