@@ -155,7 +155,10 @@ def share_sqlite_between_workers(engine) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(connection):
         reads_only = connection.get_execution_options().get(READ_ONLY, False)
-        connection.exec_driver_sql(f"PRAGMA query_only={int(reads_only)}")
+        kept = connection.connection.info  # lives as long as the database connection
+        if kept.get("query_only", False) != reads_only:  # a PRAGMA only when it changes
+            connection.exec_driver_sql(f"PRAGMA query_only={int(reads_only)}")
+            kept["query_only"] = reads_only
         connection.exec_driver_sql("BEGIN" if reads_only else "BEGIN IMMEDIATE")
 
 
