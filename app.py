@@ -24,7 +24,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(from_environment(), MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.config.update(config or {})
     check(app.config, relaxed=app.testing or app.debug)
-    if not app.config["SQLALCHEMY_DATABASE_URI"]:
+    if not app.config["SQLALCHEMY_DATABASE_URI"]:  # development and tests only: `check` requires it elsewhere
         os.makedirs(app.instance_path, exist_ok=True)
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             f"sqlite:///{os.path.join(app.instance_path, 'monime-checkout.sqlite3')}"

@@ -61,13 +61,22 @@ def normalise_database_url(url: str) -> str:
 
 
 def check(config: dict, *, relaxed: bool) -> None:
-    """Validate and convert `config` in place. `relaxed` (tests, debug) lets
-    the Monime credentials be empty, as the simulator does not need real ones."""
+    """Validate and convert `config` in place; raises ConfigError naming every problem.
+
+    `relaxed` (tests, debug) lets the Monime credentials be empty, as the simulator
+    does not need real ones, and lets DATABASE_URL be empty, for a SQLite file under
+    instance/. Anywhere else that file would be a silent, throwaway database: lost on
+    redeploy, and one per replica, so a webhook reaching the "wrong" one is unmatched."""
     problems = []
     required = ["MONIME_WEBHOOK_SECRET", "PUBLIC_BASE_URL", "APP_URL"]
     if not relaxed:
         required += ["MONIME_ACCESS_TOKEN", "MONIME_SPACE_ID"]
     problems += [f"{name} is required" for name in required if not config.get(name)]
+    if not relaxed and not config.get("SQLALCHEMY_DATABASE_URI"):
+        problems.append(
+            "DATABASE_URL is required outside development and tests: postgresql://…, "
+            "or sqlite:////absolute/path on a persistent volume for exactly one instance"
+        )
 
     for name in ("PUBLIC_BASE_URL", "APP_URL", "MONIME_API_BASE_URL"):
         config[name] = str(config.get(name) or "").rstrip("/")

@@ -1,7 +1,6 @@
 import logging
-from logging.config import fileConfig
-
 from contextlib import contextmanager
+from logging.config import fileConfig
 
 from flask import current_app
 from sqlalchemy import text

@@ -87,9 +87,23 @@ def test_postgres_urls_are_spoken_with_psycopg_3(given, used):
     assert normalise_database_url(given) == used
 
 
-def test_without_database_url_the_service_uses_sqlite_under_instance():
-    app = create_app(from_environment(VALID | {"DATABASE_URL": ""}) | {"TESTING": True})
+@pytest.mark.parametrize("mode", ["TESTING", "DEBUG"])
+def test_in_tests_and_development_without_database_url_the_service_uses_sqlite_under_instance(mode):
+    app = create_app(from_environment(VALID | {"DATABASE_URL": ""}) | {mode: True})
     assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{app.instance_path}/monime-checkout.sqlite3"
+
+
+def test_elsewhere_database_url_is_required_rather_than_a_throwaway_sqlite_file():
+    assert "DATABASE_URL is required" in refusal(DATABASE_URL=None)
+    check(from_environment(VALID | {"DATABASE_URL": ""}), relaxed=True)
+    with pytest.raises(ConfigError, match="Invalid configuration: DATABASE_URL is required"):
+        create_app(from_environment(VALID | {"DATABASE_URL": ""}))
+
+
+def test_sqlite_chosen_explicitly_is_accepted(tmp_path):
+    url = f"sqlite:///{tmp_path}/shop.sqlite3"
+    app = create_app(from_environment(VALID | {"DATABASE_URL": url}))
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == url
 
 
 def test_create_app_refuses_to_start_misconfigured():
