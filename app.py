@@ -13,7 +13,7 @@ import cli
 import logs
 import models
 import monime
-from config import MAX_BODY_BYTES, check, from_environment
+from config import MAX_BODY_BYTES, check, from_environment, warn
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 migrate = Migrate(directory=MIGRATIONS, render_as_batch=True)
@@ -37,6 +37,7 @@ def create_app(config: dict | None = None) -> Flask:
     )
 
     logs.configure(app.config["LOG_LEVEL"])
+    warn(app.config)
     models.init_app(app)
     migrate.init_app(app, models.db)
     monime.init_app(app)
