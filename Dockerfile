@@ -29,6 +29,11 @@ COPY api/ api/
 COPY migrations/ migrations/
 COPY templates/ templates/
 
+# For SQLite (DATABASE_URL=sqlite:////app/instance/monime-checkout.sqlite3, one instance
+# only): a volume, so the orders outlive the container. Without DATABASE_URL the service
+# refuses to start rather than write to a file a redeploy would throw away.
+VOLUME ["/app/instance"]
+
 USER 10001:10001
 EXPOSE 8000
 
@@ -38,6 +43,8 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=12s --start-period=20s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=11)"]
 
+# The schema is upgraded first (replicas starting together take turns: an advisory lock in
+# migrations/env.py) unless MIGRATE_ON_START=0, for a release step that runs it once.
 # exec: gunicorn replaces the shell as PID 1, so the SIGTERM of `docker stop`
 # reaches it and it shuts down gracefully.
-CMD ["sh", "-c", "flask --app app db upgrade && exec gunicorn -c gunicorn.conf.py wsgi:app"]
+CMD ["sh", "-c", "case \"${MIGRATE_ON_START:-1}\" in 1) flask --app app db upgrade || exit ;; 0) ;; *) echo \"MIGRATE_ON_START must be 1 or 0\" >&2; exit 2 ;; esac; exec gunicorn -c gunicorn.conf.py wsgi:app"]

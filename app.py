@@ -13,7 +13,7 @@ import cli
 import logs
 import models
 import monime
-from config import MAX_BODY_BYTES, check, from_environment
+from config import MAX_BODY_BYTES, check, from_environment, warn
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 migrate = Migrate(directory=MIGRATIONS, render_as_batch=True)
@@ -24,7 +24,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(from_environment(), MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.config.update(config or {})
     check(app.config, relaxed=app.testing or app.debug)
-    if not app.config["SQLALCHEMY_DATABASE_URI"]:
+    if not app.config["SQLALCHEMY_DATABASE_URI"]:  # development and tests only: `check` requires it elsewhere
         os.makedirs(app.instance_path, exist_ok=True)
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             f"sqlite:///{os.path.join(app.instance_path, 'monime-checkout.sqlite3')}"
@@ -37,6 +37,7 @@ def create_app(config: dict | None = None) -> Flask:
     )
 
     logs.configure(app.config["LOG_LEVEL"])
+    warn(app.config)
     models.init_app(app)
     migrate.init_app(app, models.db)
     monime.init_app(app)

@@ -4,11 +4,15 @@ Every variable the service reads is listed in `from_environment`; `check`
 refuses to start with one clear error naming everything that is wrong.
 """
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import limits
+
+log = logging.getLogger(__name__)
 
 # successUrl is the longer of the two redirect URLs Monime receives; Monime
 # caps both at 255 characters and an orderId may be 100 characters long.
@@ -18,6 +22,18 @@ MONIME_URL_LIMIT = 255
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_RETRY_DEADLINE = 25.0  # the contract: retries end "well under 30 s"
+
+# Monime's OpenAPI (caph.2025-08-23): a webhook's verificationMethod.secret has minLength 32.
+MONIME_MIN_WEBHOOK_SECRET = 32
+
+# scheme://host[:port][/path], nothing else: the shape of every URL setting. The host is DNS
+# labels (an IDN in its xn-- form), an IPv4 address or a bracketed IPv6 one; the path is
+# RFC 3986 path characters without ';' (parameters).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HTTP_URL = re.compile(
+    rf"(?i:https?)://(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?"
+    r"(?:/(?:[A-Za-z0-9._~!$&'()*+,=:@/-]|%[0-9A-Fa-f]{2})*)?"
+)
 
 
 class ConfigError(RuntimeError):
@@ -61,18 +77,28 @@ def normalise_database_url(url: str) -> str:
 
 
 def check(config: dict, *, relaxed: bool) -> None:
-    """Validate and convert `config` in place. `relaxed` (tests, debug) lets
-    the Monime credentials be empty, as the simulator does not need real ones."""
+    """Validate and convert `config` in place; raises ConfigError naming every problem.
+
+    `relaxed` (tests, debug) lets the Monime credentials be empty, as the simulator
+    does not need real ones, and lets DATABASE_URL be empty, for a SQLite file under
+    instance/. Anywhere else that file would be a silent, throwaway database: lost on
+    redeploy, and one per replica, so a webhook reaching the "wrong" one is unmatched."""
     problems = []
     required = ["MONIME_WEBHOOK_SECRET", "PUBLIC_BASE_URL", "APP_URL"]
     if not relaxed:
         required += ["MONIME_ACCESS_TOKEN", "MONIME_SPACE_ID"]
     problems += [f"{name} is required" for name in required if not config.get(name)]
+    if not relaxed and not config.get("SQLALCHEMY_DATABASE_URI"):
+        problems.append(
+            "DATABASE_URL is required outside development and tests: postgresql://…, "
+            "or sqlite:////absolute/path on a persistent volume for exactly one instance"
+        )
 
     for name in ("PUBLIC_BASE_URL", "APP_URL", "MONIME_API_BASE_URL"):
-        config[name] = str(config.get(name) or "").rstrip("/")
-        if config[name] and not is_absolute_http_url(config[name]):
-            problems.append(f"{name} must be an absolute http(s) URL without query or fragment")
+        value = str(config.get(name) or "")
+        if value and (problem := http_url_problem(value)):
+            problems.append(f"{name} must be an absolute http(s) URL, scheme://host[:port][/path]: {problem}")
+        config[name] = value.rstrip("/")
 
     longest = len(config["PUBLIC_BASE_URL"]) + len(SUCCESS_URL_SUFFIX) + LONGEST_ORDER_ID
     if longest > MONIME_URL_LIMIT:
@@ -123,9 +149,52 @@ def comma_list(value) -> list[str]:
 
 
 def is_origin(url: str) -> bool:
-    return is_absolute_http_url(url) and urlsplit(url).path == ""
+    return http_url_problem(url) is None and urlsplit(url).path == ""
 
 
-def is_absolute_http_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.query and not parts.fragment
+def http_url_problem(url: str) -> str | None:
+    """What keeps `url` from being scheme://host[:port][/path] with scheme http or https, as a
+    phrase ("it has user-info (user@)"), or None when it is one. Refused, as each could send
+    a shopper or a request elsewhere than meant: whitespace and control characters anywhere,
+    backslashes, user-info, a query, a fragment, ;parameters, an empty host, a bad port."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        return "it contains whitespace or control characters"
+    if not re.match(r"(?i:https?)://", url):
+        return "it does not start with http:// or https://"
+    if "\\" in url:
+        return "it contains a backslash"
+    if "?" in url or "#" in url:
+        return "it has a query or a fragment"
+    if ";" in url:
+        return "it has ;parameters"
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    if "@" in authority:
+        return "it has user-info (user@), which hides the real host"
+    host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
+    if not host:
+        return "it has no host"
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "its port is not a number from 1 to 65535"
+    if not _HTTP_URL.fullmatch(url):
+        return "its host or path has characters a URL's may not (an IDN host goes in its xn-- form)"
+    return None
+
+
+def warn(config: dict) -> None:
+    """Log (never raise) what is allowed but unsafe in a `check`ed config: webhook secrets
+    shorter than Monime's MONIME_MIN_WEBHOOK_SECRET characters. Names a secret by its
+    position in MONIME_WEBHOOK_SECRET, never by its value."""
+    secrets = config["MONIME_WEBHOOK_SECRETS"]
+    for position, secret in enumerate(secrets, 1):
+        if len(secret) < MONIME_MIN_WEBHOOK_SECRET:
+            log.warning(
+                "MONIME_WEBHOOK_SECRET: secret %d of %d is shorter than the %d characters Monime requires; "
+                "a short secret is easier to guess: use the one Monime generates",
+                position,
+                len(secrets),
+                MONIME_MIN_WEBHOOK_SECRET,
+            )

@@ -1,7 +1,9 @@
 import logging
+from contextlib import contextmanager
 from logging.config import fileConfig
 
 from flask import current_app
+from sqlalchemy import text
 
 from alembic import context
 
@@ -13,6 +15,30 @@ config = context.config
 if not logging.getLogger().handlers:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger("alembic.env")
+
+
+# Replicas that start together all run `flask db upgrade`: on Postgres each takes this
+# session-level advisory lock first, so one migrates and the others then find the schema
+# at head. The key is any fixed 64-bit number; this one spells "monime".
+MIGRATION_LOCK_KEY = 0x6D6F6E696D65
+
+
+@contextmanager
+def migration_lock(connection):
+    """Hold Postgres' advisory lock MIGRATION_LOCK_KEY on `connection` (a SQLAlchemy
+    Connection) for the block, waiting as long as another upgrade holds it. Elsewhere
+    (SQLite: one instance, see README) nothing is taken."""
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    connection.commit()  # the lock outlives this transaction; the migrations run in their own
+    try:
+        yield
+    finally:
+        connection.rollback()  # a failed migration leaves its transaction to end first
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        connection.commit()
 
 
 def get_engine():
@@ -88,7 +114,7 @@ def run_migrations_online():
 
     connectable = get_engine()
 
-    with connectable.connect() as connection:
+    with connectable.connect() as connection, migration_lock(connection):
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():

@@ -158,12 +158,10 @@ def simulator(simulator_server):
 # --- databases --------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A Postgres database made for this run (or TEST_DATABASE_URL), dropped after."""
-    if os.environ.get("TEST_DATABASE_URL"):
-        yield os.environ["TEST_DATABASE_URL"]
-        return
+@contextmanager
+def fresh_postgres_database():
+    """A new, empty Postgres database on TEST_POSTGRES_ADMIN_URL's server; yields its
+    SQLAlchemy URL and drops it after. Skips (fails under CI=true) when Postgres is unreachable."""
     admin_url = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     try:
         admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
@@ -180,6 +178,16 @@ def postgres_url():
     finally:  # a new connection: a test may have restarted the server meanwhile
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A Postgres database made for this run (or TEST_DATABASE_URL), dropped after."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield os.environ["TEST_DATABASE_URL"]
+        return
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

@@ -1,5 +1,7 @@
 """Start-up configuration: the service refuses to run misconfigured, naming what is wrong."""
 
+import logging
+
 import pytest
 
 from app import create_app
@@ -20,6 +22,11 @@ def refusal(relaxed=False, **changes) -> str:
     with pytest.raises(ConfigError) as caught:
         check(from_environment(environment), relaxed=relaxed)
     return str(caught.value)
+
+
+def started(tmp_path, **changes):
+    """The service, made outside tests and development, on a SQLite file in `tmp_path`."""
+    return create_app(from_environment(VALID | {"DATABASE_URL": f"sqlite:///{tmp_path}/shop.sqlite3"} | changes))
 
 
 def test_a_complete_environment_is_accepted():
@@ -49,6 +56,74 @@ def test_every_problem_is_named_at_once():
 @pytest.mark.parametrize("url", ["shop.example", "ftp://shop.example", "https://shop.example/?next=x", "https://"])
 def test_urls_must_be_absolute_http(url):
     assert "APP_URL must be an absolute" in refusal(APP_URL=url)
+
+
+URL_SETTINGS = ["APP_URL", "PUBLIC_BASE_URL", "MONIME_API_BASE_URL"]
+
+
+@pytest.mark.parametrize("name", URL_SETTINGS)
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://shop.example@evil.example", "user-info"),
+        ("https://user:secret@shop.example", "user-info"),
+        (" https://shop.example", "whitespace"),
+        ("https://shop.example\n", "whitespace"),
+        ("https://shop.example/ thanks", "whitespace"),
+        ("https://shop.example\x00", "control characters"),
+        ("https://shop.example\\@evil.example", "backslash"),
+        ("https://shop.example/?next=https://evil.example", "query or a fragment"),
+        ("https://shop.example/#evil", "query or a fragment"),
+        ("https://shop.example/path;jsessionid=1", ";parameters"),
+        ("https://", "no host"),
+        ("https://:443/shop", "no host"),
+        ("https://shop.example:99999", "port"),
+        ("https://shop.example:0", "port"),
+        ("https://shop..example", "host or path"),
+        ("https://shöp.example", "host or path"),
+        ("https://shop.example/<script>", "host or path"),
+        ("javascript://shop.example", "http:// or https://"),
+    ],
+)
+def test_url_settings_are_scheme_host_port_and_path_and_nothing_else(name, url, why):
+    message = refusal(**{name: url})
+    assert f"{name} must be an absolute http(s) URL, scheme://host[:port][/path]" in message
+    assert why in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://shop.example/store",
+        "http://127.0.0.1:3000",
+        "https://[::1]:8443/a/b%20c",
+        "https://xn--bcher-kva.example",
+    ],
+)
+def test_url_settings_may_have_a_port_and_a_path(url):
+    config = from_environment(VALID | dict.fromkeys(URL_SETTINGS, url))
+    check(config, relaxed=False)
+    assert [config[name] for name in URL_SETTINGS] == [url] * 3
+
+
+def test_a_cors_origin_with_user_info_is_no_origin():
+    assert "not an origin" in refusal(CORS_ORIGINS="https://shop.example@evil.example")
+
+
+def test_a_webhook_secret_shorter_than_monimes_32_characters_is_warned_about_but_never_shown(caplog, tmp_path):
+    long_enough, short = "whsec_" + "l" * 26, "whsec_short_3f9a"
+    with caplog.at_level(logging.WARNING, logger="config"):
+        started(tmp_path, MONIME_WEBHOOK_SECRET=f"{long_enough},{short}")
+    warnings = [record for record in caplog.records if record.name == "config"]
+    assert [record.levelno for record in warnings] == [logging.WARNING]
+    assert "secret 2 of 2 is shorter than the 32 characters Monime requires" in warnings[0].getMessage()
+    assert long_enough not in caplog.text and short not in caplog.text
+
+
+def test_webhook_secrets_of_monimes_32_characters_bring_no_warning(caplog, tmp_path):
+    with caplog.at_level(logging.WARNING, logger="config"):
+        started(tmp_path, MONIME_WEBHOOK_SECRET="whsec_" + "l" * 26)
+    assert [record for record in caplog.records if record.name == "config"] == []
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", ""])
@@ -87,9 +162,22 @@ def test_postgres_urls_are_spoken_with_psycopg_3(given, used):
     assert normalise_database_url(given) == used
 
 
-def test_without_database_url_the_service_uses_sqlite_under_instance():
-    app = create_app(from_environment(VALID | {"DATABASE_URL": ""}) | {"TESTING": True})
+@pytest.mark.parametrize("mode", ["TESTING", "DEBUG"])
+def test_in_tests_and_development_without_database_url_the_service_uses_sqlite_under_instance(mode):
+    app = create_app(from_environment(VALID | {"DATABASE_URL": ""}) | {mode: True})
     assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{app.instance_path}/monime-checkout.sqlite3"
+
+
+def test_elsewhere_database_url_is_required_rather_than_a_throwaway_sqlite_file():
+    assert "DATABASE_URL is required" in refusal(DATABASE_URL=None)
+    check(from_environment(VALID | {"DATABASE_URL": ""}), relaxed=True)
+    with pytest.raises(ConfigError, match="Invalid configuration: DATABASE_URL is required"):
+        create_app(from_environment(VALID | {"DATABASE_URL": ""}))
+
+
+def test_sqlite_chosen_explicitly_is_accepted(tmp_path):
+    app = started(tmp_path)
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/shop.sqlite3"
 
 
 def test_create_app_refuses_to_start_misconfigured():

@@ -44,6 +44,8 @@ BUILD_MOUNTS = {
 }
 BUNDLE = {"type": "custom", "name": "Starter bundle", "price": {"currency": "SLE", "value": 2500}, "quantity": 1}
 ORDER = {"name": "Order 1", "lineItems": [BUNDLE]}
+# without the ulimits, runc fails running a container with "error setting rlimit type 7"
+LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 
 
 def podman(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -132,11 +134,9 @@ def container(image, postgres_url, simulator_server):
         "GUNICORN_WORKERS": "2",
     }
     name = f"monime-checkout-test-{uuid.uuid4().hex[:8]}"
-    # without the ulimits, runc fails here with "error setting rlimit type 7"
-    limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
     environment = [f"--env={key}={value}" for key, value in env.items()]
     try:
-        podman("run", "--detach", "--name", name, "--network", "host", *limits, *environment, image.name)
+        podman("run", "--detach", "--name", name, "--network", "host", *LIMITS, *environment, image.name)
         wait_until_healthy(name, url)
         yield Container(name, url)
     finally:
@@ -230,6 +230,25 @@ def test_the_healthcheck_is_in_the_image_and_passes(container, image):
     assert healthcheck and "/healthz" in " ".join(healthcheck["Test"])
     run = podman("healthcheck", "run", container.name, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_instance_is_a_volume_for_sqlite(image):
+    volumes = json.loads(podman("image", "inspect", "--format", "{{json .Config.Volumes}}", image.name).stdout)
+    assert list(volumes) == ["/app/instance"]
+
+
+def test_without_database_url_the_container_refuses_to_start(image, simulator_server):
+    env = {
+        "MONIME_ACCESS_TOKEN": simulator_server.access_token,
+        "MONIME_SPACE_ID": simulator_server.space_id,
+        "MONIME_WEBHOOK_SECRET": simulator_server.webhook_secret,
+        "PUBLIC_BASE_URL": "http://127.0.0.1:8000",
+        "APP_URL": "http://127.0.0.1:3000",
+    }
+    environment = [f"--env={key}={value}" for key, value in env.items()]
+    run = podman("run", "--rm", "--network", "host", *LIMITS, *environment, image.name, check=False)
+    assert run.returncode != 0
+    assert "Invalid configuration: DATABASE_URL is required" in run.stderr
 
 
 # Stops the shared container, so it must stay the last test of the module.

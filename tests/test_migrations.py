@@ -1,11 +1,21 @@
 """The schema is the migrations' work, and the models agree with it on each database."""
 
+import os
+import subprocess
+import sys
+
+import psycopg
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask_migrate import downgrade, upgrade
+from sqlalchemy.engine import make_url
 
-from conftest import make_app, service_settings
+from app import MIGRATIONS
+from conftest import ROOT, fresh_postgres_database, make_app, service_settings
 from models import db
+
+CONCURRENT_UPGRADES = 4
 
 
 def test_the_models_match_the_migrated_schema(app):
@@ -33,3 +43,45 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
         assert db.session.execute(db.text("PRAGMA journal_mode")).scalar() == "wal"
         assert db.session.execute(db.text("PRAGMA busy_timeout")).scalar() >= 5000
         db.engine.dispose()
+
+
+# `flask --app app db upgrade`, held after its imports until the test releases every copy at
+# once: on a shared machine, processes started one after the other would not overlap otherwise.
+UPGRADE_AT_THE_SIGNAL = """
+import sys
+from flask.cli import cli
+import app
+print("ready", flush=True)
+sys.stdin.readline()
+cli.main(["--app", "app", "db", "upgrade"], prog_name="flask")
+"""
+
+
+def test_replicas_upgrading_a_fresh_postgres_database_at_once_all_succeed():
+    """Replicas that start together each run `flask db upgrade`; without the advisory lock in
+    migrations/env.py some failed creating a table (its row type) another had just made."""
+    with fresh_postgres_database() as url:
+        environment = os.environ | service_settings(url, "http://127.0.0.1:9")
+        upgrades = [
+            subprocess.Popen(
+                [sys.executable, "-c", UPGRADE_AT_THE_SIGNAL],
+                cwd=ROOT,
+                env=environment,
+                text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            for _ in range(CONCURRENT_UPGRADES)
+        ]
+        assert [process.stdout.readline().strip() for process in upgrades] == ["ready"] * CONCURRENT_UPGRADES
+        for process in upgrades:
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outputs = [process.communicate(timeout=120)[0] for process in upgrades]
+
+        failures = [output for process, output in zip(upgrades, outputs, strict=True) if process.returncode != 0]
+        assert not failures, f"{len(failures)} of {CONCURRENT_UPGRADES} upgrades failed:\n{failures[0][-3000:]}"
+        with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(False)) as connection:
+            versions = [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
+        assert versions == [ScriptDirectory(MIGRATIONS).get_current_head()]
