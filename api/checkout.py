@@ -11,7 +11,7 @@ import logs
 import monime
 import orders
 from api.errors import ApiError
-from api.guard import checkout_limit, limiter
+from api.guard import checkout_limit, limiter, within_redirect_lookup_limit
 from catalog import checkout_schema
 from metrics import CHECKOUTS
 from models import Order, Status, db
@@ -131,8 +131,9 @@ def checkout_cancel():
 
 
 def back_from_monime(page: str):
-    """Bring the order up to date with Monime (the webhook stays authoritative),
-    then send the shopper to a fixed page of the frontend, whatever Monime says."""
+    """Bring a pending order up to date with Monime, rationed (see
+    events.refresh_on_return; the webhook stays authoritative), then send the
+    shopper to a fixed page of the frontend, whatever Monime says."""
     order_id = request.args.get("orderId", "")
     logs.bind(orderId=order_id or None)
     if not order_id:
@@ -140,7 +141,7 @@ def back_from_monime(page: str):
     order = orders.get(order_id)
     if order is None:
         raise ApiError(404, "order_not_found", "No order has this orderId.")
-    events.refresh(order.id)
+    events.refresh_on_return(order, within_redirect_lookup_limit)
     return redirect(frontend_url(page, order.id), 303)
 
 
