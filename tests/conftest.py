@@ -160,6 +160,14 @@ def postgres_url():
     if os.environ.get("TEST_DATABASE_URL"):
         yield os.environ["TEST_DATABASE_URL"]
         return
+    with throwaway_postgres_database() as url:
+        yield url
+
+
+@contextmanager
+def throwaway_postgres_database():
+    """A new, empty Postgres database on the test server; dropped on exit. Skips
+    the test (fails it under CI=true) when Postgres cannot be reached."""
     admin_url = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     try:
         admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
