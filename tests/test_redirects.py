@@ -180,10 +180,10 @@ def test_concurrent_hits_across_both_workers_ask_monime_once_per_interval(live_s
         started = time.monotonic()
 
         responses = all_at_once(
-            50, lambda: requests.get(url, params={"orderId": body["orderId"]}, allow_redirects=False, timeout=30)
+            100, lambda: requests.get(url, params={"orderId": body["orderId"]}, allow_redirects=False, timeout=30)
         )
 
-        assert [r.status_code for r in responses] == [303] * 50
+        assert [r.status_code for r in responses] == [303] * 100
         assert 1 <= lookups(simulator, body["sessionId"]) <= allowed_lookups(started)
         return len(responses)
 
