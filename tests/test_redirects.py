@@ -242,6 +242,17 @@ def test_past_the_per_client_limit_a_redirect_skips_its_lookup(app, database_url
     assert skipped - metric(before, "redirect_lookups_skipped_total", reason="client_limit") == 1
 
 
+def test_when_the_limit_store_is_down_redirects_still_ask_once_per_order(app, database_url, simulator):
+    settings = {"RATELIMIT_STORAGE_URI": "redis://127.0.0.1:9/0", "RATELIMIT_REDIRECT_LOOKUPS": "1/minute"}
+    client = make_app(service_settings(database_url, simulator.url) | settings).test_client()
+    sessions = [checkout(client) for _ in range(2)]
+
+    responses = [back(client, "success", body["orderId"]) for body in sessions * 2]
+
+    assert [r.status_code for r in responses] == [303] * 4
+    assert [lookups(simulator, body["sessionId"]) for body in sessions] == [1, 1], "the interval still holds"
+
+
 def test_reconcile_is_not_rationed_by_the_redirects(client, runner, simulator):
     body = checkout(client)
     back(client, "success", body["orderId"])  # takes the order's turn
