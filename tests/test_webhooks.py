@@ -1,16 +1,20 @@
 """POST /api/webhooks/monime: signatures, storage, and the order state rules."""
 
+import hashlib
 import json
+import logging
 import time
 
 import pytest
 import requests
 
+import logs
 from conftest import PREVIOUS_WEBHOOK_SECRET, LiveClient
 from models import WebhookEvent, WebhookEventVariant, db
 from support import (
     ORDER_TOTAL,
     WEBHOOK_PATH,
+    WEBHOOK_SECRET,
     across_both_workers,
     all_at_once,
     checkout,
@@ -187,6 +191,24 @@ def test_an_event_id_delivered_again_with_a_different_body_is_acknowledged_kept_
     assert stored_events(app)[event["id"]].body == event["body"]
     assert stored_variants(app) == sorted([(event["id"], other["body"]), (event["id"], third["body"])])
     assert metric(scrape(api), "webhook_event_variants_total") - metric(before, "webhook_event_variants_total") == 3
+
+
+def test_a_different_body_is_logged_as_a_warning_by_its_hash_never_its_content(client, simulator, caplog):
+    order_id, event = completion(client, simulator)
+    deliver(client, event)
+    other = signed_event(
+        "checkout_session.cancelled", order(client, order_id)["checkoutSessionId"], event_id=event["id"]
+    )
+    caplog.set_level(logging.INFO)
+
+    deliver(client, other)
+
+    [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
+    line = logs.JsonFormatter().format(warning)
+    assert json.loads(line)["eventId"] == event["id"]
+    assert json.loads(line)["orderIds"] == [order_id]
+    assert hashlib.sha256(other["body"]).hexdigest() in line
+    assert "checkout_session.cancelled" not in line and WEBHOOK_SECRET not in line
 
 
 def test_a_different_body_of_a_completion_without_line_items_is_caught_before_asking_monime(api, app, simulator):
