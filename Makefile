@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 dev: install
 	scripts/dev
 
-test: install browser-tools
+test: install browser-tools proxy-tools
 	$(BIN)/pytest
 
 # Debian's Chromium for the browser tests (Playwright drives it; its own browser download is
@@ -28,6 +28,13 @@ test: install browser-tools
 browser-tools:
 	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
 		|| echo "!! could not install chromium: the browser tests will not run"
+
+# Debian's nginx, which tests/test_slow_clients.py runs in front of gunicorn with
+# deploy/nginx.conf. Without it the proxy tests skip loudly; under CI=true they fail.
+.PHONY: proxy-tools
+proxy-tools:
+	@test -x /usr/sbin/nginx || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx) \
+		|| echo "!! could not install nginx: the proxy tests will not run"
 
 bench: install
 	bench/run

@@ -60,6 +60,10 @@ def build(catalog_mode: bool) -> dict:
     return spec.to_dict()
 
 
+# GET /livez's answer, the one body without a schema of its own.
+LIVE = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}, "required": ["status"]}
+
+
 def paths() -> dict:
     checkout = operation(
         "Create a checkout session for an order",
@@ -109,8 +113,12 @@ def paths() -> dict:
             )
         },
         "/api/webhooks/monime": {"post": webhook},
+        "/livez": {"get": operation("Liveness: the process answers (no database)", {"200": answer("Alive.", LIVE)})},
         "/healthz": {
-            "get": operation("Health", {"200": answer("The database answers.", "Health"), "503": unavailable()})
+            "get": operation(
+                "Readiness: the database answers",
+                {"200": answer("The database answers.", "Health"), "503": unavailable()},
+            )
         },
         "/metrics": {"get": operation("Prometheus metrics", {"200": text("Prometheus exposition", "text/plain")})},
         "/openapi.json": {"get": operation("This document", {"200": text("OpenAPI 3", "application/json", "object")})},
@@ -141,7 +149,7 @@ def operation(summary: str, responses: dict, body: str | None = None, parameters
     return spec
 
 
-def answer(description: str, schema: str) -> dict:
+def answer(description: str, schema: str | dict) -> dict:
     return {
         "description": description,
         "headers": {"X-Request-ID": REQUEST_ID},

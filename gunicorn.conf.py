@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from datetime import UTC, datetime
 
 from gunicorn.glogging import Logger
@@ -28,6 +29,68 @@ bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+
+# Slow clients. The gthread worker gives a connection a thread only once its
+# first bytes arrive, but then the thread reads the request as slowly as the
+# client sends it: seventy clients trickling webhook bodies held every thread
+# and /healthz hung. gunicorn has no setting for this, so pre_request gives each
+# request's body GUNICORN_CLIENT_TIMEOUT seconds from the end of its headers:
+# past that the body ends where it stopped, the app refuses it with a 4xx (a
+# cut webhook fails its signature, a cut chunked body is a 400) and the
+# connection is closed. It bounds the body, not the headers (gunicorn offers no
+# hook before it parses them) nor a slow reader of the response, and a slow
+# client still holds its thread until then: a buffering reverse proxy in front
+# (deploy/nginx.conf) is the real defence, this the backstop when a request
+# reaches gunicorn directly. 10 s carries the largest body (1 MiB) at 0.8 Mbit/s.
+client_timeout = float(os.environ.get("GUNICORN_CLIENT_TIMEOUT", "10"))
+
+
+class BodyDeadline:
+    """The socket gunicorn reads a request's body from, with a deadline
+    (time.monotonic() seconds): no read waits past it, and once it has passed a
+    read returns b"" (end of stream) and marks the request to close its
+    connection. `deadline = None` reads without one (the next request's headers)."""
+
+    def __init__(self, sock, req):
+        self.sock, self.req, self.deadline = sock, req, None
+
+    def recv(self, size: int) -> bytes:
+        if self.deadline is None:
+            return self.sock.recv(size)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return self._cut()
+        self.sock.settimeout(remaining)
+        try:
+            return self.sock.recv(size)
+        except TimeoutError:
+            return self._cut()
+        finally:
+            self.sock.settimeout(None)  # writing the response is not bounded here
+
+    def _cut(self) -> bytes:
+        self.req.must_close = True
+        return b""
+
+    def __getattr__(self, name):  # settimeout, gettimeout… for gunicorn's own body drain
+        return getattr(self.sock, name)
+
+
+def pre_request(worker, req):
+    """Start the request's body deadline (see client_timeout)."""
+    unreader = getattr(req, "unreader", None)  # the connection's, shared by its keep-alive requests
+    if not hasattr(unreader, "sock"):  # not read from a socket (HTTP/2 is not enabled here)
+        return
+    if not isinstance(unreader.sock, BodyDeadline):
+        unreader.sock = BodyDeadline(unreader.sock, req)
+    unreader.sock.req, unreader.sock.deadline = req, time.monotonic() + client_timeout
+
+
+def post_request(worker, req, environ, resp):
+    """The next request's headers are read without the deadline."""
+    if isinstance(getattr(getattr(req, "unreader", None), "sock", None), BodyDeadline):
+        req.unreader.sock.deadline = None
+
 
 # Only the proxy in front of us may say which scheme the client used.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

@@ -20,6 +20,8 @@ class Base(DeclarativeBase):
 # a new transaction (and, on SQLite, take the write lock) during a Monime call.
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 
+# How long a SQLite writer queues for the write lock before its request answers
+# 503. The Dockerfile's HEALTHCHECK --timeout stays above it.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
@@ -131,11 +133,29 @@ def init_app(app) -> None:
             share_sqlite_between_workers(db.engine)
 
 
+# The execution option read_only() sets on the session's connection.
+READ_ONLY = "checkout_read_only"
+
+
+def read_only() -> None:
+    """Begin the current session's transaction as one that only reads.
+
+    On SQLite it then begins deferred (plain BEGIN) and reads its WAL snapshot
+    beside a writer instead of queueing for the write lock; any write in it
+    fails at once ("attempt to write a readonly database"), never sometimes.
+    Call it before the request's first query; on Postgres it changes nothing.
+    Raises sqlalchemy.exc.SQLAlchemyError when the database cannot be reached.
+    """
+    db.session.connection(execution_options={READ_ONLY: True})
+
+
 def share_sqlite_between_workers(engine) -> None:
     """WAL lets readers run beside a writer; every transaction takes the write
     lock up front (BEGIN IMMEDIATE) so concurrent writers queue on the busy
     timeout instead of failing with "database is locked" when a read
-    transaction later tries to write."""
+    transaction later tries to write. Only a transaction begun by read_only()
+    begins deferred, and PRAGMA query_only keeps it from writing: writes are
+    safe by default, reads opt in."""
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):
@@ -149,7 +169,12 @@ def share_sqlite_between_workers(engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reads_only = connection.get_execution_options().get(READ_ONLY, False)
+        kept = connection.connection.info  # lives as long as the database connection
+        if kept.get("query_only", False) != reads_only:  # a PRAGMA only when it changes
+            connection.exec_driver_sql(f"PRAGMA query_only={int(reads_only)}")
+            kept["query_only"] = reads_only
+        connection.exec_driver_sql("BEGIN" if reads_only else "BEGIN IMMEDIATE")
 
 
 def insert_unless_exists(model, **values) -> bool:

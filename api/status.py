@@ -1,4 +1,7 @@
-"""Reading an order's status, and the service's own health, metrics and documentation."""
+"""Reading an order's status, and the service's own health, metrics and documentation.
+
+Every view here only reads: those that touch the database begin with
+models.read_only(), so on SQLite they answer while a writer holds the lock."""
 
 from flask import Blueprint, current_app, render_template
 from sqlalchemy import text
@@ -9,7 +12,7 @@ import logs
 import metrics
 import orders
 from api.errors import ApiError, database_unavailable_response
-from models import db
+from models import db, read_only
 from schemas import OrderSchema
 
 bp = Blueprint("status", __name__)
@@ -18,15 +21,25 @@ bp = Blueprint("status", __name__)
 @bp.get("/api/orders/<order_id>")
 def get_order(order_id: str):
     logs.bind(orderId=order_id)
+    read_only()
     order = orders.get(order_id)
     if order is None:
         raise ApiError(404, "order_not_found", f"No order has the id {order_id!r}.")
     return OrderSchema().dump(order)
 
 
+@bp.get("/livez")
+def livez():
+    """Liveness: the process answers. Touches no database, so a database outage
+    restarts nothing (readiness is /healthz)."""
+    return {"status": "ok"}
+
+
 @bp.get("/healthz")
 def healthz():
+    """Readiness: 200 when the database answers a query, else 503."""
     try:
+        read_only()
         db.session.execute(text("SELECT 1"))
     except SQLAlchemyError:
         db.session.rollback()
@@ -36,6 +49,7 @@ def healthz():
 
 @bp.get("/metrics")
 def prometheus_metrics():
+    read_only()  # orders{status} is counted in the database
     body, content_type = metrics.exposition()
     return body, 200, {"Content-Type": content_type}
 

@@ -7,11 +7,14 @@ x {Flask test client, gunicorn}.
 
 import json
 import os
+import pwd
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,10 +27,11 @@ from sqlalchemy.engine import make_url
 import simulator as simulator_package
 from app import create_app
 from models import db
-from support import APP_URL, PREVIOUS_WEBHOOK_SECRET, PUBLIC_BASE_URL, WEBHOOK_SECRET, serving
+from support import APP_URL, PREVIOUS_WEBHOOK_SECRET, PUBLIC_BASE_URL, WEBHOOK_SECRET, serving, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIPPED_POSTGRES: list[str] = []
+SKIPPED_THROWAWAY_POSTGRES: list[str] = []
 
 
 def service_settings(database_url: str, simulator_url: str) -> dict[str, str]:
@@ -115,11 +119,12 @@ class Simulator:
 
     def wait_for_deliveries(self, count: int, deadline: float = 15) -> list[dict]:
         """Every delivery attempt, once there are at least `count`: retries come from a worker thread."""
-        give_up = time.monotonic() + deadline
-        while len(found := self.deliveries()) < count and time.monotonic() < give_up:
-            time.sleep(0.02)  # polling a condition, bounded by the deadline
-        assert len(found) >= count, found
-        return found
+        wait_for(
+            lambda: len(self.deliveries()) >= count,
+            deadline,
+            lambda: f"{count} webhook delivery attempts from the simulator; made: {self.deliveries()}",
+        )
+        return self.deliveries()
 
     def redeliver(self, event_id: str) -> dict:
         return self._post(f"/events/{event_id}/redeliver")["delivery"]
@@ -193,11 +198,16 @@ def database_url(request, tmp_path_factory):
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/checkout.sqlite3"
     else:
         url = request.getfixturevalue("postgres_url")
+    migrate(url)
+    return url
+
+
+def migrate(url: str) -> None:
+    """Make the schema of the database at `url` (a SQLAlchemy URL) with the migrations."""
     app = make_app(service_settings(url, "http://127.0.0.1:9"))
     with app.app_context():
         upgrade()
         db.engine.dispose()
-    return url
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -205,6 +215,114 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("POSTGRES WAS NOT TESTED", sep="!", red=True, bold=True)
         terminalreporter.line(f"Postgres was unreachable ({SKIPPED_POSTGRES[0]}).", red=True, bold=True)
         terminalreporter.line("Every Postgres test was skipped. Under CI=true this is a failure.", red=True)
+    if SKIPPED_THROWAWAY_POSTGRES:
+        terminalreporter.section("NO THROWAWAY POSTGRES", sep="!", red=True, bold=True)
+        terminalreporter.line(f"{SKIPPED_THROWAWAY_POSTGRES[0]}.", red=True, bold=True)
+        terminalreporter.line("The tests that stop a database were skipped. Under CI=true this is a failure.", red=True)
+
+
+# --- a Postgres cluster of a test's own, for a database that dies ------------------
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL cluster of one test's own, so that a test can stop and restart its database
+    without touching the machine's: made by `initdb` in a temporary directory, serving on a free
+    port of 127.0.0.1 as a child process of the tests, stopped and started by its own pid.
+
+    `url` is a SQLAlchemy URL of its `postgres` database (user postgres, trust authentication).
+    Run as the `postgres` OS user when the tests run as root, which initdb and postgres refuse.
+    """
+
+    def __init__(self, binaries: Path, owner: pwd.struct_passwd | None, log: Path):
+        self.binaries, self.log, self.port = binaries, log, free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="throwaway-postgres-"))  # its data and socket
+        self.as_owner: dict = {"cwd": self.directory}
+        if owner:
+            os.chown(self.directory, owner.pw_uid, owner.pw_gid)
+            self.as_owner |= {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.url = self.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+        self.process: subprocess.Popen | None = None
+
+    def initdb(self) -> None:
+        """Make the cluster: user postgres, trust authentication, no locale, UTF-8."""
+        made = subprocess.run(
+            [self.binaries / "initdb", "-D", self.directory / "data", "-U", "postgres", "--auth=trust",
+             "--no-locale", "--encoding=UTF8", "--no-sync"],
+            capture_output=True, text=True, timeout=120, **self.as_owner,
+        )  # fmt: skip
+        assert made.returncode == 0, f"initdb failed:\n{made.stdout[-3000:]}{made.stderr[-3000:]}"
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections (AssertionError after 60 s)."""
+        with self.log.open("a") as output:
+            self.process = subprocess.Popen(
+                [self.binaries / "postgres", "-D", self.directory / "data", "-p", str(self.port),
+                 "-k", self.directory, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                stdout=output, stderr=subprocess.STDOUT, **self.as_owner,
+            )  # fmt: skip
+        wait_for(
+            self.accepting, 60, lambda: f"the throwaway Postgres to accept connections:\n{self.log.read_text()[-3000:]}"
+        )
+
+    def accepting(self) -> bool:
+        """Whether the server accepts a connection; AssertionError if it has exited."""
+        if self.process.poll() is not None:
+            raise AssertionError(f"postgres exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+        try:
+            psycopg.connect(self.dsn, connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        """A fast shutdown, as `pg_ctl stop -m fast`: SIGINT to the postmaster, which ends every
+        session and exits; waits for it (up to 60 s)."""
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=60)
+
+    def remove(self) -> None:
+        """Stop the server if it runs (killed if a fast shutdown does not end it) and delete its files."""
+        if self.process and self.process.poll() is None:
+            try:
+                self.stop()
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.directory)
+
+
+def postgres_binaries() -> Path | None:
+    """The directory holding the newest installed PostgreSQL's initdb and postgres, or None."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda path: int(path.parts[-3]))
+    on_path = shutil.which("initdb")
+    return found[-1].parent if found else Path(on_path).parent if on_path else None
+
+
+@pytest.fixture
+def throwaway_postgres(tmp_path):
+    """A running `ThrowawayPostgres` (url, stop(), start()), removed after the test. Without
+    initdb the test is skipped loudly, and under CI=true it fails."""
+    binaries, owner, problem = postgres_binaries(), None, None
+    if binaries is None:
+        problem = "initdb was not found under /usr/lib/postgresql/*/bin nor on PATH"
+    elif os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            problem = "the tests run as root and there is no postgres user for initdb to run as"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and there can be no throwaway Postgres: {problem}", pytrace=False)
+        SKIPPED_THROWAWAY_POSTGRES.append(problem)
+        pytest.skip(f"no throwaway Postgres ({problem}): this test did NOT run")
+    cluster = ThrowawayPostgres(binaries, owner, tmp_path / "postgres.log")
+    try:
+        cluster.initdb()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 # --- the service --------------------------------------------------------------
@@ -294,16 +412,19 @@ class LiveServer:
 
     def access_log(self, where=lambda line: True, at_least: int = 0) -> list[dict]:
         """The access-log lines matching `where`, once `at_least` of them are written (a worker
-        writes its line just after answering), or whatever is there after 10 s."""
-        give_up = time.monotonic() + 10
-        while True:
-            lines = [
-                json.loads(text) for text in self.log.read_text().splitlines() if text.startswith('{"type": "access"')
-            ]
-            lines = [line for line in lines if where(line)]
-            if len(lines) >= at_least or time.monotonic() > give_up:
-                return lines
-            time.sleep(0.02)
+        writes its line just after answering); AssertionError if they are not within 10 s."""
+
+        def matching() -> list[dict]:
+            lines = self.log.read_text().splitlines()
+            records = [json.loads(text) for text in lines if text.startswith('{"type": "access"')]
+            return [record for record in records if where(record)]
+
+        wait_for(
+            lambda: len(matching()) >= at_least,
+            10,
+            lambda: f"{at_least} matching access-log lines; written: {len(matching())}",
+        )
+        return matching()
 
 
 def free_port() -> int:
@@ -313,17 +434,18 @@ def free_port() -> int:
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, deadline: float = 30) -> None:
-    give_up = time.monotonic() + deadline
-    while time.monotonic() < give_up:
+    """Wait until the service `process` started answers 200 at `url`/healthz; AssertionError with
+    its log's tail if it exits or is not healthy within `deadline` seconds."""
+
+    def healthy() -> bool:
         if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"the service exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
+            return requests.get(f"{url}/healthz", timeout=5).status_code == 200
         except requests.RequestException:
-            pass
-        time.sleep(0.05)  # polling for readiness, bounded by the deadline
-    raise RuntimeError(f"gunicorn did not become healthy:\n{log.read_text()[-3000:]}")
+            return False
+
+    wait_for(healthy, deadline, lambda: f"{url}/healthz to answer 200:\n{log.read_text()[-3000:]}", interval=0.05)
 
 
 @contextmanager

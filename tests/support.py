@@ -5,6 +5,7 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -17,6 +18,22 @@ PREVIOUS_WEBHOOK_SECRET = "whsec_test_previous"  # still accepted: a rotation in
 PUBLIC_BASE_URL = "http://checkout.test"
 APP_URL = "https://shop.example"
 WEBHOOK_PATH = "/api/webhooks/monime"
+
+
+def wait_for(predicate: Callable, timeout: float, message: str | Callable[[], str], interval: float = 0.02):
+    """Poll `predicate()` every `interval` seconds until it returns something truthy, and return that.
+
+    The one polling loop of the tests: every wait has a deadline (`timeout`, seconds) and says what
+    it awaited. On the deadline raises AssertionError with `message` (a string, or a function called
+    then, e.g. for a log's tail). An exception `predicate` raises (a process that died) goes through.
+    """
+    give_up = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() >= give_up:
+            text = message() if callable(message) else message
+            raise AssertionError(f"waited {timeout:g} s for: {text}")
+        time.sleep(interval)  # polling, bounded by the deadline above
+    return result
 
 
 def new_order_id() -> str:

@@ -1,13 +1,12 @@
 """POST /api/checkout: validation, storage, Monime calls, retries and resubmissions."""
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import PUBLIC_BASE_URL, make_app, service_settings
 from simulator import ACCESS_TOKEN, openapi
-from support import ORDER_TOTAL, checkout, deliver, order, order_payload
+from support import ORDER_TOTAL, checkout, deliver, order, order_payload, wait_for
 
 
 def test_a_checkout_creates_one_session_and_stores_the_order(api, simulator):
@@ -307,8 +306,7 @@ def test_an_order_paid_by_an_earlier_session_while_monime_makes_a_new_one_is_ref
 
     with ThreadPoolExecutor(1) as pool:
         resubmitted = pool.submit(client.post, "/api/checkout", json=order_payload("ord_late_pay"))
-        while len(simulator.requests("POST")) < 2:  # the create has reached Monime
-            time.sleep(0.01)
+        wait_for(lambda: len(simulator.requests("POST")) >= 2, 10, "the new attempt's create to reach Monime")
         assert deliver(client, late_completion).get_json()["outcome"] == "applied"
         response = resubmitted.result()
 

@@ -1,11 +1,12 @@
 """`make dev` (scripts/dev): the service, the simulator and the storefront with one command,
 an order paid through them, in a browser's steps and in a browser, and all three stopped by
-Ctrl-C."""
+Ctrl-C, also when it was started with SIGINT ignored."""
 
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,18 @@ from playwright.sync_api import expect
 
 from browser import chromium
 from conftest import ROOT, free_port, wait_until_healthy
-from support import order_payload
+from support import order_payload, wait_for
 
-NOT_INHERITED = ("MONIME_", "SIMULATOR_", "STOREFRONT_", "APP_URL", "CORS_ORIGINS", "PUBLIC_BASE_URL", "DATABASE_URL")
+NOT_INHERITED = (
+    "MONIME_",
+    "SIMULATOR_",
+    "STOREFRONT_",
+    "APP_URL",
+    "CORS_ORIGINS",
+    "PUBLIC_BASE_URL",
+    "DATABASE_URL",
+    "DEV_SIGNALS",
+)
 
 
 @dataclass
@@ -33,12 +43,15 @@ class Dev:
     def wait_until_ready(self, deadline: float = 30) -> None:
         """The service healthy, and the storefront's URL printed and answering."""
         wait_until_healthy(self.service, self.process, self.log, deadline)
-        give_up = time.monotonic() + deadline
-        while not self.storefront_answers():
-            assert self.process.poll() is None and time.monotonic() < give_up, self.log.read_text()[-3000:]
-            time.sleep(0.05)  # polling for readiness, bounded by the deadline
+        wait_for(
+            self.storefront_answers,
+            deadline,
+            lambda: f"the storefront at {self.storefront}:\n{self.log.read_text()[-3000:]}",
+            interval=0.05,
+        )
 
     def storefront_answers(self) -> bool:
+        assert self.process.poll() is None, f"scripts/dev exited:\n{self.log.read_text()[-3000:]}"
         if f"Open the demo shop:  {self.storefront}" not in self.log.read_text():
             return False
         try:
@@ -47,20 +60,44 @@ class Dev:
             return False
 
     def ctrl_c(self) -> None:
-        os.killpg(self.process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        """What Ctrl-C in the terminal does: SIGINT to the whole process group; then all three
+        are stopped and scripts/dev has exited."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        self.assert_all_stopped()
+
+    def assert_all_stopped(self) -> None:
+        """scripts/dev exits within 15 s, and none of the three answers any more."""
         self.process.wait(timeout=15)
+        for address in (self.service, self.simulator, self.storefront):
+            with pytest.raises(requests.ConnectionError):
+                requests.get(address, timeout=2)
+
+
+# Starts its arguments with SIGINT ignored, inherited through exec: as in a background job,
+# or under a CI runner started with nohup or `&`.
+IGNORING_SIGINT = [
+    sys.executable, "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])",
+]  # fmt: skip
 
 
 @pytest.fixture
-def dev(tmp_path):
+def dev(request, tmp_path):
+    """scripts/dev started in a session of its own on free ports; `@pytest.mark.parametrize("dev",
+    ["sigint ignored"], indirect=True)` starts it with SIGINT ignored."""
     ports = {"PORT": free_port(), "SIMULATOR_PORT": free_port(), "STOREFRONT_PORT": free_port()}
     env = {key: value for key, value in os.environ.items() if not key.startswith(NOT_INHERITED)}
     env |= {name: str(port) for name, port in ports.items()} | {"DATABASE_URL": f"sqlite:///{tmp_path}/dev.sqlite3"}
     log = tmp_path / "dev.log"
+    launcher = IGNORING_SIGINT if getattr(request, "param", None) == "sigint ignored" else []
     started = time.monotonic()
     with log.open("w") as output:
         process = subprocess.Popen(
-            [ROOT / "scripts" / "dev"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            [*launcher, ROOT / "scripts" / "dev"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = "http://127.0.0.1:{}".format
     try:
@@ -94,9 +131,21 @@ def test_make_dev_serves_all_three_takes_a_payment_and_stops_them_on_ctrl_c(dev)
     assert requests.get(f"{dev.service}/api/orders/ord_dev", timeout=10).json()["status"] == "completed"
 
     dev.ctrl_c()
-    for address in (dev.service, dev.simulator, dev.storefront):
-        with pytest.raises(requests.ConnectionError):
-            requests.get(address, timeout=2)
+
+
+@pytest.mark.parametrize("dev", ["sigint ignored"], indirect=True)
+def test_ctrl_c_stops_all_three_even_when_make_dev_was_started_with_sigint_ignored(dev):
+    dev.wait_until_ready()
+    dev.ctrl_c()
+    assert dev.process.returncode == 130, "scripts/dev ended by its own SIGINT trap"
+
+
+def test_sigterm_to_make_dev_alone_stops_all_three(dev):
+    """As a process supervisor or `kill` stops it: scripts/dev's own pid, not its process group."""
+    dev.wait_until_ready()
+    dev.process.terminate()
+    dev.assert_all_stopped()
+    assert dev.process.returncode == 143, "scripts/dev ended by its own SIGTERM trap"
 
 
 def test_from_make_dev_to_an_order_paid_in_the_browser_within_a_minute(dev, capsys):

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from conftest import ROOT, free_port
+from support import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
@@ -143,18 +144,25 @@ def container(image, postgres_url, simulator_server):
 
 
 def wait_until_healthy(name: str, url: str, deadline: float = 60) -> None:
-    give_up = time.monotonic() + deadline
-    while time.monotonic() < give_up:
+    """Until the container `name` answers 200 at `url`/healthz; AssertionError with its logs if it
+    stops running or is not healthy within `deadline` seconds."""
+
+    def healthy() -> bool:
         try:
             if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
+                return True
         except requests.RequestException:
             pass
-        if podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip() != "running":
-            break
-        time.sleep(0.25)  # polling for readiness, bounded by the deadline
+        state = podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+        assert state == "running", f"the container is {state}:\n{container_logs(name)}"
+        return False
+
+    wait_for(healthy, deadline, lambda: f"the container's /healthz to answer 200:\n{container_logs(name)}", 0.25)
+
+
+def container_logs(name: str) -> str:
     logs = podman("logs", name, check=False)
-    pytest.fail(f"the container did not become healthy:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}", pytrace=False)
+    return f"{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
 
 
 def in_container(container: Container, *command: str) -> str:

@@ -14,6 +14,7 @@ OPERATIONS = {
     ("get", "/api/checkout/cancel"),
     ("get", "/api/orders/{orderId}"),
     ("post", "/api/webhooks/monime"),
+    ("get", "/livez"),
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
