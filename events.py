@@ -144,7 +144,7 @@ def refresh_on_return(order: Order, within_client_limit: Callable[[], bool]) -> 
 
     Returns the reason it skipped (also counted in redirect_lookups_skipped_total),
     or None when it asked Monime. `reconcile` calls `refresh` directly, unrationed."""
-    db.session.commit()  # end the read: nothing is held while the limit's storage or Monime is asked
+    db.session.commit()  # end the read (it may be read_only()): nothing is held while the limit is asked
     if order.status != Status.PENDING:
         reason = "final"
     elif not within_client_limit():

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 import requests
+from test_sqlite_readers import sqlite_only, write_lock_held
 
 from conftest import APP_URL, LiveClient, make_app, service_settings
 from events import REDIRECT_LOOKUP_INTERVAL
@@ -203,6 +204,17 @@ def test_a_final_order_makes_no_lookup(api, simulator, ending):
     assert order(api, body["orderId"])["status"] == {"complete": "completed", "cancel": "cancelled"}.get(
         ending, "expired"
     ), "a late completion is the webhook's to bring"
+
+
+@sqlite_only
+def test_a_redirect_for_a_final_order_answers_while_another_process_holds_the_write_lock(client, simulator):
+    body = checkout(client)
+    deliver(client, simulator.complete(body["sessionId"], deliver=False)["event"])
+
+    with write_lock_held(client.application.config["SQLALCHEMY_DATABASE_URI"]):
+        response = back(client, "success", body["orderId"])
+
+    assert response.status_code == 303, response.get_json()
 
 
 def test_once_the_interval_has_passed_a_redirect_asks_again(app, client, simulator):
