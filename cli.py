@@ -9,7 +9,7 @@ from sqlalchemy import or_, select
 
 import events
 import orders
-from models import CheckoutSession, Order, Outcome, WebhookEvent, db
+from models import CheckoutSession, Order, Outcome, WebhookEvent, WebhookEventVariant, db
 
 orders_cli = AppGroup("orders", help="Inspect and reconcile orders.")
 events_cli = AppGroup("events", help="Inspect and replay stored webhook events.")
@@ -61,6 +61,12 @@ def show(order_id: str) -> None:
     about = or_(WebhookEvent.order_id == order.id, WebhookEvent.session_id.in_([s.id for s in sessions]))
     for event in db.session.scalars(select(WebhookEvent).where(about).order_by(WebhookEvent.received_at)):
         click.echo(f"  {describe(event)}")
+        variants = select(WebhookEventVariant).where(WebhookEventVariant.event_id == event.id)
+        for variant in db.session.scalars(variants.order_by(WebhookEventVariant.received_at)):
+            click.echo(
+                f"    delivered again with a different body (sha256 {variant.body_sha256[:12]}…) "
+                f"{variant.received_at:%Y-%m-%d %H:%M:%S}"
+            )
 
 
 @orders_cli.command("review")

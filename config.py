@@ -58,6 +58,7 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict:
         "APP_URL": get("APP_URL", ""),
         "CORS_ORIGINS": get("CORS_ORIGINS", ""),
         "RATELIMIT_CHECKOUT": get("RATELIMIT_CHECKOUT", "60/minute"),
+        "RATELIMIT_REDIRECT_LOOKUPS": get("RATELIMIT_REDIRECT_LOOKUPS", "10/minute"),
         "RATELIMIT_STORAGE_URI": get("RATELIMIT_STORAGE_URI", "memory://"),
         "RATELIMIT_KEY_PREFIX": get("RATELIMIT_KEY_PREFIX", "monime-checkout"),
         "RATELIMIT_HEADERS_ENABLED": True,
@@ -113,10 +114,11 @@ def check(config: dict, *, relaxed: bool) -> None:
     config["CORS_ORIGINS"] = [origin.rstrip("/") for origin in comma_list(config.get("CORS_ORIGINS"))]
     problems += [f"CORS_ORIGINS: {o!r} is not an origin" for o in config["CORS_ORIGINS"] if not is_origin(o)]
 
-    try:
-        limits.parse_many(config["RATELIMIT_CHECKOUT"])
-    except ValueError:
-        problems.append("RATELIMIT_CHECKOUT must be a rate like 60/minute or 10/second;500/day")
+    for name in ("RATELIMIT_CHECKOUT", "RATELIMIT_REDIRECT_LOOKUPS"):
+        try:
+            limits.parse_many(config[name])
+        except ValueError:
+            problems.append(f"{name} must be a rate like 60/minute or 10/second;500/day")
     if not str(config.get("PROXY_HOPS", "0")).isdigit():
         problems.append("PROXY_HOPS must be the number of proxies in front of the service")
     else:

@@ -2,14 +2,17 @@
 
 Two ways in: a verified webhook event (`receive`), stored raw and processed
 once per event id (and `replay`ed from storage by the same path), and a
-direct lookup of a session (`refresh`), used when the shopper comes back
-through a redirect and by `reconcile` for webhooks that never came. No
-database transaction is held open while Monime is being asked.
+direct lookup of a session (`refresh`), used by `reconcile` for webhooks that
+never came and, rationed (`refresh_on_return`), when the shopper comes back
+through a redirect. No database transaction is held open while Monime is
+being asked.
 """
 
+import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -19,7 +22,18 @@ from sqlalchemy import select, update
 import logs
 import monime
 import orders
-from models import CheckoutSession, Order, Outcome, Status, WebhookEvent, db, insert_unless_exists, utcnow
+from metrics import REDIRECT_LOOKUPS_SKIPPED, WEBHOOK_EVENT_VARIANTS
+from models import (
+    CheckoutSession,
+    Order,
+    Outcome,
+    Status,
+    WebhookEvent,
+    WebhookEventVariant,
+    db,
+    insert_unless_exists,
+    utcnow,
+)
 from orders import SessionReport
 from schemas import WebhookEventSchema, storable
 
@@ -31,6 +45,8 @@ CHECKOUT_EVENTS = {
     "checkout_session.cancelled": Status.CANCELLED,
     "checkout_session.expired": Status.EXPIRED,
 }
+# A shopper's redirects ask Monime about one order at most once in this many seconds.
+REDIRECT_LOOKUP_INTERVAL = 5.0
 
 
 class VerificationUnavailable(Exception):
@@ -39,13 +55,13 @@ class VerificationUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Receipt:
-    event_id: str
-    outcome: str | None  # None for a duplicate
-    detail: str | None = None
+    """What became of one delivery: `duplicate` when its event id was stored
+    already; then `outcome` is None (same body) or HELD (a different body)."""
 
-    @property
-    def duplicate(self) -> bool:
-        return self.outcome is None
+    event_id: str
+    outcome: str | None
+    detail: str | None = None
+    duplicate: bool = False
 
 
 EVENT_SCHEMA = WebhookEventSchema()  # built once: a fresh schema costs ~5x the load itself (nested schemas)
@@ -68,12 +84,13 @@ def replay(event_id: str) -> Receipt | None:
 
 def receive(body: str, envelope: dict) -> Receipt:
     """Process one verified event, once per event id; concurrent deliveries
-    of the same id wait for the first one and are reported as duplicates."""
+    of the same id wait for the first one and are reported as duplicates (a
+    different body under a stored id is held for review, see `_repeat`)."""
     event_id, name = envelope["event"]["id"], envelope["event"]["name"]
     report = _report_from(envelope)
     if report and report.session_id and report.status == Status.COMPLETED and not (report.amount or report.problem):
-        if _settled(event_id):  # Monime is not asked about an event already processed
-            return Receipt(event_id, None)
+        if _settled(event_id, body):  # Monime is not asked about an event already processed
+            return _repeat(event_id, body, report)
         try:
             report = _confirm_amount(report)
         except VerificationUnavailable as exc:
@@ -111,6 +128,36 @@ def refresh(order_id: str, dry_run: bool = False) -> Outcome | None:
         extra={"data": {"orderId": order_id, "outcome": outcome, "detail": detail, "dryRun": dry_run}},
     )
     return outcome
+
+
+def refresh_on_return(order: Order, within_client_limit: Callable[[], bool]) -> str | None:
+    """`refresh` for a shopper's redirect, rationed so the unauthenticated
+    redirect cannot be used to drain Monime. Skipped, in this order:
+
+    - "final": the order is completed, cancelled or expired. The webhook is
+      authoritative and brings a late completion of a cancelled or expired
+      session; reconcile, like this, looks only at pending orders.
+    - "client_limit": `within_client_limit()` (counting this lookup against
+      the client's RATELIMIT_REDIRECT_LOOKUPS) says no.
+    - "recent": another redirect, in any worker, asked about the order less
+      than REDIRECT_LOOKUP_INTERVAL seconds ago (orders.claim_lookup).
+
+    Returns the reason it skipped (also counted in redirect_lookups_skipped_total),
+    or None when it asked Monime. `reconcile` calls `refresh` directly, unrationed."""
+    db.session.commit()  # end the read (it may be read_only()): nothing is held while the limit is asked
+    if order.status != Status.PENDING:
+        reason = "final"
+    elif not within_client_limit():
+        reason = "client_limit"
+    else:
+        claimed = orders.claim_lookup(order, REDIRECT_LOOKUP_INTERVAL)
+        db.session.commit()  # the turn is taken before Monime is asked
+        if claimed:
+            refresh(order.id)
+            return None
+        reason = "recent"
+    REDIRECT_LOOKUPS_SKIPPED.labels(reason).inc()
+    return reason
 
 
 def reconcile(older_than: timedelta, limit: int, dry_run: bool = False) -> Counter:
@@ -181,8 +228,7 @@ def _amount(session: dict) -> tuple[tuple[str, int] | None, str | None]:
 
 def _process(event_id, name, body, report) -> Receipt:
     if not _claim(event_id, name, body, report):
-        db.session.rollback()
-        return Receipt(event_id, None)
+        return _repeat(event_id, body, report)
     order, by_reference = orders.find(report) if report and report.session_id else (None, False)
     if report is None:
         outcome, detail = Outcome.IGNORED, f"{name} is not acted on"
@@ -202,14 +248,15 @@ def _process(event_id, name, body, report) -> Receipt:
 
 
 def _claim(event_id, name, body, report) -> bool:
-    """Store the event, or take back one whose processing failed earlier.
-    False when the event id was already processed: a duplicate."""
+    """Store the event, or take back one whose processing failed earlier
+    (only with the same body). False when the event id is stored already:
+    processed, or with another body."""
     values = dict(name=name, body=body, session_id=report and report.session_id or None)
     if insert_unless_exists(WebhookEvent, id=event_id, outcome=Outcome.FAILED, received_at=utcnow(), **values):
         return True
     retried = db.session.execute(
         update(events_table)
-        .where(events_table.c.id == event_id, events_table.c.outcome == Outcome.FAILED)
+        .where(events_table.c.id == event_id, events_table.c.outcome == Outcome.FAILED, events_table.c.body == body)
         .values(attempts=events_table.c.attempts + 1)
     )
     return retried.rowcount == 1
@@ -224,6 +271,54 @@ def _store_failure(event_id, name, body, report, detail) -> None:
     db.session.commit()
 
 
-def _settled(event_id: str) -> bool:
-    outcome = db.session.scalar(select(WebhookEvent.outcome).where(WebhookEvent.id == event_id))
-    return outcome is not None and outcome != Outcome.FAILED
+def _settled(event_id: str, body: str) -> bool:
+    """Whether the event id is stored and not to be processed again: it was
+    processed, or it came with another body."""
+    stored = db.session.execute(
+        select(WebhookEvent.outcome, WebhookEvent.body).where(WebhookEvent.id == event_id)
+    ).first()
+    return stored is not None and (stored.outcome != Outcome.FAILED or stored.body != body)
+
+
+def _repeat(event_id: str, body: str, report: SessionReport | None) -> Receipt:
+    """A delivery of an event id stored already. The same body is a plain
+    duplicate. A different body is never applied (the id was acknowledged
+    once, and which body is true needs a person): it is kept, once per
+    distinct body, and every order either body concerns is held for review.
+    Either way the delivery is acknowledged, so Monime stops retrying."""
+    stored = db.session.execute(
+        select(WebhookEvent.body, WebhookEvent.order_id, WebhookEvent.session_id).where(WebhookEvent.id == event_id)
+    ).one()
+    if stored.body == body:
+        db.session.rollback()
+        return Receipt(event_id, None, duplicate=True)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    insert_unless_exists(WebhookEventVariant, event_id=event_id, body_sha256=digest, body=body, received_at=utcnow())
+    reason = f"event {event_id} was delivered again with a different body"
+    held = _orders_concerned(stored, report)
+    for order in held:
+        orders.hold(order, reason, event_id)
+    db.session.commit()
+    WEBHOOK_EVENT_VARIANTS.inc()
+    log.warning(
+        "webhook event delivered again with a different body; orders held for review",
+        extra={
+            "data": {
+                "orderIds": [order.id for order in held],
+                "storedSha256": hashlib.sha256(stored.body.encode()).hexdigest(),
+                "receivedSha256": digest,
+            }
+        },
+    )
+    return Receipt(event_id, Outcome.HELD, reason, duplicate=True)
+
+
+def _orders_concerned(stored, report: SessionReport | None) -> list[Order]:
+    """The orders a stored event (its order, else its session's) and a new
+    report about the same event id point at, each once."""
+    found = [db.session.get(Order, stored.order_id) if stored.order_id else None]
+    if stored.session_id:
+        found.append(orders.find(SessionReport(stored.session_id, "", None))[0])
+    if report and report.session_id:
+        found.append(orders.find(report)[0])
+    return list({order.id: order for order in found if order is not None}.values())

@@ -17,6 +17,12 @@ from models import Order, Status, db
 CHECKOUTS = Counter("checkouts_total", "POST /api/checkout by result", ["result"])
 WEBHOOK_SIGNATURES = Counter("webhook_signatures_total", "Webhook deliveries by signature check", ["result"])
 WEBHOOK_EVENTS = Counter("webhook_events_total", "Verified webhook events by outcome", ["outcome"])
+WEBHOOK_EVENT_VARIANTS = Counter(
+    "webhook_event_variants_total", "Deliveries of a stored event id with a different body (held for review)"
+)
+REDIRECT_LOOKUPS_SKIPPED = Counter(
+    "redirect_lookups_skipped_total", "Shopper redirects that did not ask Monime, by reason", ["reason"]
+)
 MONIME_LATENCY = Histogram(
     "monime_request_duration_seconds",
     "Each HTTP attempt at Monime's API",

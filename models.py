@@ -1,5 +1,6 @@
 """Database tables: orders, the Monime checkout sessions made for them, and
-every verified webhook event, stored raw with what became of it."""
+every verified webhook event, stored raw with what became of it (and any
+other body later delivered under the same event id)."""
 
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -73,6 +74,8 @@ class Order(db.Model):
     review_event_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When a shopper's redirect last took its turn to ask Monime (orders.claim_lookup); not a change.
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     @property
     def money(self) -> dict:
@@ -109,6 +112,18 @@ class WebhookEvent(db.Model):
     attempts: Mapped[int] = mapped_column(default=1)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookEventVariant(db.Model):
+    """A body delivered under a stored event id that differs from the stored
+    one: kept once per distinct body for a person, never applied."""
+
+    __tablename__ = "webhook_event_variants"
+
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id"), primary_key=True)
+    body_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex, of the UTF-8 body
+    body: Mapped[str] = mapped_column(Text)  # the raw, verified request body
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 def init_app(app) -> None:

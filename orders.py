@@ -20,8 +20,9 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from models import CheckoutSession, Order, Outcome, Status, db, insert_unless_exists, utcnow
 from schemas import ORDER_ID_PATTERN
@@ -184,6 +185,22 @@ def _complete(order: Order, report: SessionReport, event_id: str | None) -> tupl
     if paid_by == report.session_id:
         return Outcome.UNCHANGED, "already completed"
     return hold(order, f"possible double payment: session {report.session_id} completed after {paid_by}", event_id)
+
+
+def claim_lookup(order: Order, interval: float) -> bool:
+    """Take the pending order's turn to be looked up at Monime: True for at
+    most one caller per `interval` seconds across workers and replicas (a
+    conditional UPDATE of checked_at whose row count decides); False while
+    the turn is taken or once the order is no longer pending. Touches neither
+    status nor updated_at. Callers commit before asking Monime."""
+    now = utcnow()
+    statement = (
+        update(Order.__table__)
+        .where(columns.id == order.id, columns.status == Status.PENDING)
+        .where(or_(columns.checked_at.is_(None), columns.checked_at <= now - timedelta(seconds=interval)))
+        .values(checked_at=now)
+    )
+    return db.session.execute(statement).rowcount == 1
 
 
 def hold(order: Order, reason: str, event_id: str | None) -> tuple[Outcome, str]:

@@ -187,7 +187,13 @@ class CheckoutCreatedSchema(Schema):
 class WebhookReceiptSchema(Schema):
     received = fields.Boolean(required=True)
     eventId = fields.String(required=True)
-    duplicate = fields.Boolean(required=True, metadata={"description": "already processed: nothing changed"})
+    duplicate = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "the event id was stored already: nothing applied (outcome null), "
+            "or another body, kept and its order held (outcome held)"
+        },
+    )
     outcome = fields.String(
         required=True, allow_none=True, validate=validate.OneOf([outcome.value for outcome in Outcome])
     )

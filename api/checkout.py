@@ -11,10 +11,10 @@ import logs
 import monime
 import orders
 from api.errors import ApiError
-from api.guard import checkout_limit, limiter
+from api.guard import checkout_limit, limiter, within_redirect_lookup_limit
 from catalog import checkout_schema
 from metrics import CHECKOUTS
-from models import Order, Status, db
+from models import Order, Status, db, read_only
 
 MAX_CHECKOUT_BYTES = 64 * 1024  # the largest valid order is about 30 KiB
 
@@ -131,16 +131,18 @@ def checkout_cancel():
 
 
 def back_from_monime(page: str):
-    """Bring the order up to date with Monime (the webhook stays authoritative),
-    then send the shopper to a fixed page of the frontend, whatever Monime says."""
+    """Bring a pending order up to date with Monime, rationed (see
+    events.refresh_on_return; the webhook stays authoritative), then send the
+    shopper to a fixed page of the frontend, whatever Monime says."""
     order_id = request.args.get("orderId", "")
     logs.bind(orderId=order_id or None)
     if not order_id:
         raise ApiError(400, "missing_order_id", "The orderId query parameter is required.")
+    read_only()  # most hits only read: on SQLite they need not queue for the write lock
     order = orders.get(order_id)
     if order is None:
         raise ApiError(404, "order_not_found", "No order has this orderId.")
-    events.refresh(order.id)
+    events.refresh_on_return(order, within_redirect_lookup_limit)
     return redirect(frontend_url(page, order.id), 303)
 
 

@@ -45,6 +45,7 @@ def service_settings(database_url: str, simulator_url: str) -> dict[str, str]:
         "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
         "APP_URL": APP_URL,
         "RATELIMIT_CHECKOUT": "100000/minute",  # the rate-limit tests set their own
+        "RATELIMIT_REDIRECT_LOOKUPS": "100000/minute",
         # short, so failure paths are quick to test
         "MONIME_CONNECT_TIMEOUT": "0.5",
         "MONIME_READ_TIMEOUT": "0.5",

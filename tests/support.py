@@ -6,6 +6,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from werkzeug.serving import make_server
@@ -120,6 +121,52 @@ def signed(body: str | bytes, secret: str = WEBHOOK_SECRET, timestamp: int | Non
 
 def items(value: int, currency: str = "SLE", quantity: int = 1) -> list:
     return [{"type": "custom", "name": "x", "price": {"currency": currency, "value": value}, "quantity": quantity}]
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in a Prometheus exposition (0 when absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample in (f"{name}{{{wanted}}}", name if not labels else None):
+            return float(value)
+    return 0.0
+
+
+def scrape(api) -> str:
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return response.data.decode() if hasattr(response, "data") else response.text
+
+
+def all_at_once(count: int, send) -> list:
+    """Run `send` from `count` threads released together, each on its own connection."""
+    start = threading.Barrier(count)
+
+    def go(_):
+        start.wait()
+        return send()
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(go, range(count)))
+
+
+def across_both_workers(live_server, path: str, burst, tries: int = 5) -> None:
+    """Call `burst(attempt)`, which sends some requests to `path` at once and
+    checks them, until one burst is seen spread over both gunicorn workers
+    (the kernel decides which worker accepts a connection); `burst` returns
+    how many requests it sent. Fails after `tries` bursts on one worker."""
+
+    def to_path(line: dict) -> bool:
+        return line["path"] == path
+
+    for attempt in range(1, tries + 1):
+        logged = len(live_server.access_log(to_path))
+        sent = burst(attempt)
+        if len({line["pid"] for line in live_server.access_log(to_path, at_least=logged + sent)[logged:]}) == 2:
+            return
+    raise AssertionError(f"no burst to {path} reached both workers in {tries} tries")
 
 
 @contextmanager

@@ -200,3 +200,15 @@ def test_a_webhook_secret_of_only_commas_is_no_secret():
 def test_the_retry_deadline_stays_well_under_thirty_seconds():
     check(from_environment(VALID | {"MONIME_RETRY_DEADLINE": "25"}), relaxed=False)
     assert "MONIME_RETRY_DEADLINE must be at most 25 s" in refusal(MONIME_RETRY_DEADLINE="26")
+
+
+@pytest.mark.parametrize("name", ["RATELIMIT_CHECKOUT", "RATELIMIT_REDIRECT_LOOKUPS"])
+@pytest.mark.parametrize("value", ["often", "10 per", ""])
+def test_rate_limits_must_be_rates(name, value):
+    assert f"{name} must be a rate" in refusal(**{name: value})
+
+
+def test_redirects_may_ask_monime_ten_times_a_minute_per_client_by_default():
+    config = from_environment(VALID)
+    check(config, relaxed=False)
+    assert config["RATELIMIT_REDIRECT_LOOKUPS"] == "10/minute"

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import psycopg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -13,7 +14,10 @@ from sqlalchemy.engine import make_url
 
 from app import MIGRATIONS
 from conftest import ROOT, fresh_postgres_database, make_app, service_settings
-from models import db
+from models import CheckoutSession, Order, WebhookEvent, db, utcnow
+from support import ORDER_TOTAL
+
+PREVIOUS_HEAD = "5dd5d0ab74aa"  # before orders.checked_at and webhook_event_variants
 
 CONCURRENT_UPGRADES = 4
 
@@ -85,3 +89,54 @@ def test_replicas_upgrading_a_fresh_postgres_database_at_once_all_succeed():
         with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(False)) as connection:
             versions = [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
         assert versions == [ScriptDirectory(MIGRATIONS).get_current_head()]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request, tmp_path):
+    """A database with no schema at all, of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/empty.sqlite3"
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
+def columns(table: str) -> set[str]:
+    return {column["name"] for column in db.inspect(db.engine).get_columns(table)}
+
+
+def test_upgrading_from_the_previous_head_keeps_every_row(empty_database_url):
+    app = make_app(service_settings(empty_database_url, "http://127.0.0.1:9"))
+    with app.app_context():
+        upgrade(revision=PREVIOUS_HEAD)
+        now = utcnow()
+        old_order = dict(fingerprint="f", name="n", line_items=[], client_metadata={}, currency="SLE")
+        old_order |= dict(amount=ORDER_TOTAL, status="pending", idempotency_key="k", created_at=now, updated_at=now)
+        db.session.execute(Order.__table__.insert().values(id="ord_old", checkout_session_id="scs-old", **old_order))
+        db.session.execute(
+            CheckoutSession.__table__.insert().values(
+                id="scs-old", order_id="ord_old", idempotency_key="k", created_at=now
+            )
+        )
+        db.session.execute(
+            WebhookEvent.__table__.insert().values(
+                id="evt-old", name="x", body="{}", outcome="ignored", attempts=1, received_at=now, processed_at=now
+            )
+        )
+        db.session.commit()
+
+        upgrade()
+
+        assert "checked_at" in columns("orders")
+        assert columns("webhook_event_variants") == {"event_id", "body_sha256", "body", "received_at"}
+        old = db.session.execute(db.select(Order.amount, Order.checkout_session_id, Order.checked_at)).one()
+        assert tuple(old) == (ORDER_TOTAL, "scs-old", None)
+        assert db.session.scalar(db.select(WebhookEvent.id)) == "evt-old"
+        db.session.commit()
+
+        downgrade(revision=PREVIOUS_HEAD)
+        assert "checked_at" not in columns("orders")
+        assert "webhook_event_variants" not in db.inspect(db.engine).get_table_names()
+        assert db.session.scalar(db.select(CheckoutSession.order_id)) == "ord_old"
+        db.session.commit()
+        db.engine.dispose()

@@ -10,7 +10,18 @@ import requests
 import logs
 from conftest import LiveClient
 from simulator import ACCESS_TOKEN
-from support import WEBHOOK_PATH, WEBHOOK_SECRET, checkout, deliver, items, order_payload, signed, signed_event
+from support import (
+    WEBHOOK_PATH,
+    WEBHOOK_SECRET,
+    checkout,
+    deliver,
+    items,
+    metric,
+    order_payload,
+    scrape,
+    signed,
+    signed_event,
+)
 
 
 def json_lines(caplog) -> list[dict]:
@@ -81,23 +92,6 @@ def test_no_log_line_of_the_running_service_holds_a_token_or_secret(live_server,
     assert "webhook event processed" in log and "session lookup failed" in log, "the log was captured"
     for secret in (ACCESS_TOKEN, WEBHOOK_SECRET, "whsec_wrong", "whsec_test_previous"):
         assert secret not in log
-
-
-def metric(text: str, name: str, **labels) -> float:
-    """The value of one sample in a Prometheus exposition (0 when absent)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        sample, _, value = line.rpartition(" ")
-        if sample in (f"{name}{{{wanted}}}", name if not labels else None):
-            return float(value)
-    return 0.0
-
-
-def scrape(api) -> str:
-    response = api.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain")
-    return response.data.decode() if hasattr(response, "data") else response.text
 
 
 def test_metrics_count_checkouts_webhooks_monime_calls_and_orders(api, simulator):

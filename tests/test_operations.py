@@ -205,12 +205,15 @@ def test_orders_show_tells_an_orders_whole_story(client, runner, simulator):
     body = checkout(client, orderId="ord_story")
     event = simulator.complete(body["sessionId"], deliver=False)["event"]
     deliver(client, event)
+    deliver(client, signed_event("checkout_session.expired", body["sessionId"], event_id=event["id"]))
 
     output = runner.invoke(args=["orders", "show", "ord_story"]).output
 
     assert output.startswith("order ord_story [completed] SLE 5150 'Order #1001'\n")
     assert f"session {body['sessionId']} (current)" in output
     assert f"event {event['id']} checkout_session.completed [applied] order ord_story" in output
+    assert "\n    delivered again with a different body (sha256 " in output
+    assert f"held for review: event {event['id']} was delivered again with a different body" in output
     assert runner.invoke(args=["orders", "show", "ord_missing"]).exit_code == 1
 
 

@@ -1,20 +1,29 @@
 """POST /api/webhooks/monime: signatures, storage, and the order state rules."""
 
+import hashlib
 import json
+import logging
 import time
 
 import pytest
+import requests
 
-from conftest import PREVIOUS_WEBHOOK_SECRET
-from models import WebhookEvent, db
+import logs
+from conftest import PREVIOUS_WEBHOOK_SECRET, LiveClient
+from models import WebhookEvent, WebhookEventVariant, db
 from support import (
     ORDER_TOTAL,
     WEBHOOK_PATH,
+    WEBHOOK_SECRET,
+    across_both_workers,
+    all_at_once,
     checkout,
     deliver,
     items,
+    metric,
     order,
     order_payload,
+    scrape,
     signed,
     signed_event,
 )
@@ -23,6 +32,12 @@ from support import (
 def stored_events(app) -> dict[str, WebhookEvent]:
     with app.app_context():
         return {event.id: event for event in db.session.scalars(db.select(WebhookEvent))}
+
+
+def stored_variants(app) -> list[tuple[str, bytes]]:
+    """(event id, body) of every other body kept for a stored event id, sorted."""
+    with app.app_context():
+        return sorted((v.event_id, v.body.encode()) for v in db.session.scalars(db.select(WebhookEventVariant)))
 
 
 def test_a_completed_session_completes_the_order(api, app, simulator):
@@ -149,6 +164,114 @@ def test_a_redelivered_event_is_acknowledged_and_applied_once(api, app, simulato
     assert list(stored_events(app)) == [event["id"]]
     assert stored_events(app)[event["id"]].attempts == 1
     assert order(api, order_id)["status"] == "completed"
+    assert order(api, order_id)["review"] is None, "an identical body is a plain duplicate"
+    assert stored_variants(app) == []
+
+
+REDELIVERED = "was delivered again with a different body"
+
+
+def test_an_event_id_delivered_again_with_a_different_body_is_acknowledged_kept_and_holds_the_order(
+    api, app, simulator
+):
+    order_id, event = completion(api, simulator)
+    session_id = order(api, order_id)["checkoutSessionId"]
+    deliver(api, event)
+    before = scrape(api)
+    other = signed_event("checkout_session.cancelled", session_id, event_id=event["id"])
+    third = signed_event("checkout_session.completed", session_id, line_items=items(1), event_id=event["id"])
+
+    responses = [deliver(api, other), deliver(api, other), deliver(api, third)]
+
+    assert [r.status_code for r in responses] == [200] * 3
+    assert {(r.get_json()["duplicate"], r.get_json()["outcome"]) for r in responses} == {(True, "held")}
+    stored = order(api, order_id)
+    assert stored["status"] == "completed", "only the first body was applied"
+    assert stored["review"] == {"reason": f"event {event['id']} {REDELIVERED}", "eventId": event["id"]}
+    assert stored_events(app)[event["id"]].body == event["body"]
+    assert stored_variants(app) == sorted([(event["id"], other["body"]), (event["id"], third["body"])])
+    assert metric(scrape(api), "webhook_event_variants_total") - metric(before, "webhook_event_variants_total") == 3
+
+
+def test_a_different_body_is_logged_as_a_warning_by_its_hash_never_its_content(client, simulator, caplog):
+    order_id, event = completion(client, simulator)
+    deliver(client, event)
+    other = signed_event(
+        "checkout_session.cancelled", order(client, order_id)["checkoutSessionId"], event_id=event["id"]
+    )
+    caplog.set_level(logging.INFO)
+
+    deliver(client, other)
+
+    [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
+    line = logs.JsonFormatter().format(warning)
+    assert json.loads(line)["eventId"] == event["id"]
+    assert json.loads(line)["orderIds"] == [order_id]
+    assert hashlib.sha256(other["body"]).hexdigest() in line
+    assert "checkout_session.cancelled" not in line and WEBHOOK_SECRET not in line
+
+
+def test_a_different_body_of_a_completion_without_line_items_is_caught_before_asking_monime(api, app, simulator):
+    body = checkout(api)
+    simulator.complete(body["sessionId"], deliver=False)
+    first = signed_event("checkout_session.completed", body["sessionId"])
+    assert deliver(api, first).get_json()["outcome"] == "applied"
+    other = signed_event("checkout_session.completed", body["sessionId"], reference="ord_x", event_id=first["id"])
+
+    response = deliver(api, other)
+
+    assert (response.status_code, response.get_json()["outcome"]) == (200, "held")
+    assert len(simulator.requests("GET")) == 1, "Monime was asked about the first body only"
+    assert REDELIVERED in order(api, body["orderId"])["review"]["reason"]
+
+
+def test_a_different_body_never_takes_over_an_event_whose_processing_failed(api, app, simulator):
+    body = checkout(api)
+    first = signed_event("checkout_session.completed", body["sessionId"])
+    simulator.faults(fail=1000)
+    assert deliver(api, first).status_code == 503
+    simulator.faults()
+    asked = len(simulator.requests("GET"))
+    other = signed_event(
+        "checkout_session.completed", body["sessionId"], line_items=items(ORDER_TOTAL), event_id=first["id"]
+    )
+
+    response = deliver(api, other)
+
+    assert (response.status_code, response.get_json()["outcome"]) == (200, "held")
+    stored = order(api, body["orderId"])
+    assert (stored["status"], stored["review"]["eventId"]) == ("pending", first["id"])
+    assert stored_events(app)[first["id"]].outcome == "failed", "the first body is still there to replay"
+    assert len(simulator.requests("GET")) == asked, "nothing to confirm: the body is not processed"
+
+
+def test_two_bodies_of_one_event_id_delivered_at_once_apply_once_and_hold_the_order(live_server, app, simulator):
+    api = LiveClient(live_server.url)
+
+    def burst(_attempt: int) -> int:
+        body = checkout(api)
+        first = simulator.complete(body["sessionId"], deliver=False)["event"]
+        other = signed_event(
+            "checkout_session.completed", body["sessionId"], line_items=items(ORDER_TOTAL), event_id=first["id"]
+        )
+        queue = iter([first, other] * 5)
+
+        responses = all_at_once(10, lambda: requests.post(live_server.url + WEBHOOK_PATH, **as_post(next(queue))))
+
+        assert [r.status_code for r in responses] == [200] * 10
+        outcomes = sorted(str(r.json()["outcome"]) for r in responses)
+        assert outcomes == ["None"] * 4 + ["applied"] + ["held"] * 5, outcomes
+        stored = order(api, body["orderId"])
+        assert (stored["status"], stored["review"]["eventId"]) == ("completed", first["id"])
+        assert REDELIVERED in stored["review"]["reason"]
+        assert len([v for v in stored_variants(app) if v[0] == first["id"]]) == 1
+        return len(responses)
+
+    across_both_workers(live_server, WEBHOOK_PATH, burst)
+
+
+def as_post(event: dict) -> dict:
+    return {"data": event["body"], "headers": event["headers"], "timeout": 30}
 
 
 @pytest.mark.parametrize("late", ["checkout_session.expired", "checkout_session.cancelled"])
