@@ -21,16 +21,21 @@ logger = logging.getLogger("alembic.env")
 # session-level advisory lock first, so one migrates and the others then find the schema
 # at head. The key is any fixed 64-bit number; this one spells "monime".
 MIGRATION_LOCK_KEY = 0x6D6F6E696D65
+# Every wait for a lock, this one's and the migrations' own, has a limit: a replica stuck
+# behind a hung upgrade fails loudly (and is restarted) instead of waiting for ever.
+LOCK_TIMEOUT = "5min"
 
 
 @contextmanager
 def migration_lock(connection):
     """Hold Postgres' advisory lock MIGRATION_LOCK_KEY on `connection` (a SQLAlchemy
-    Connection) for the block, waiting as long as another upgrade holds it. Elsewhere
+    Connection) for the block, waiting at most LOCK_TIMEOUT while another upgrade holds it
+    (then psycopg raises LockNotAvailable and the upgrade fails). Elsewhere
     (SQLite: one instance, see README) nothing is taken."""
     if connection.dialect.name != "postgresql":
         yield
         return
+    connection.execute(text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
     connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     connection.commit()  # the lock outlives this transaction; the migrations run in their own
     try:
