@@ -7,7 +7,6 @@ through a redirect and by `reconcile` for webhooks that never came. No
 database transaction is held open while Monime is being asked.
 """
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ import monime
 import orders
 from models import CheckoutSession, Order, Outcome, Status, WebhookEvent, db, insert_unless_exists, utcnow
 from orders import SessionReport
-from schemas import WebhookEventSchema, storable
+from schemas import WebhookEventSchema, load_json, storable
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +51,9 @@ EVENT_SCHEMA = WebhookEventSchema()  # built once: a fresh schema costs ~5x the 
 
 
 def parse(text: str) -> dict:
-    """The event envelope in a verified body; ValueError (bad JSON) or
-    marshmallow's ValidationError (not a Monime event) otherwise."""
-    return EVENT_SCHEMA.load(json.loads(text))
+    """The event envelope in a verified body; ValueError (not JSON, or JSON too deep or with
+    numbers too large: schemas.load_json) or marshmallow's ValidationError (not a Monime event) otherwise."""
+    return EVENT_SCHEMA.load(load_json(text))
 
 
 def replay(event_id: str) -> Receipt | None:

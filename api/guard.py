@@ -5,8 +5,10 @@ import re
 import uuid
 
 from flask import Flask, current_app, g, request
+from flask import Request as FlaskRequest
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from werkzeug.exceptions import RequestEntityTooLarge
 
 import logs
 
@@ -30,7 +32,26 @@ def checkout_limit() -> str:
     return current_app.config["RATELIMIT_CHECKOUT"]
 
 
+class Request(FlaskRequest):
+    """Flask's request, whose body is all of what the client sent or a 413.
+
+    A body without Content-Length (Transfer-Encoding: chunked) is read by Werkzeug 3.1
+    (`LimitedStream.readall`) only up to `max_content_length`, and what was read comes back
+    as if it were everything: a webhook cut at 1 MiB then fails its signature (401) and a
+    checkout fails as bad JSON. One more byte from the client tells them apart.
+    """
+
+    def get_data(self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False):
+        """As Flask's; raises RequestEntityTooLarge (413) when the body is over `max_content_length` bytes."""
+        data = super().get_data(cache=cache, as_text=False, parse_form_data=parse_form_data)
+        limit = self.max_content_length
+        if self.content_length is None and limit is not None and len(data) >= limit and self.input_stream.read(1):
+            raise RequestEntityTooLarge()
+        return data.decode(errors="replace") if as_text else data
+
+
 def init_app(app: Flask) -> None:
+    app.request_class = Request
     limiter.init_app(app)
 
     @app.before_request
