@@ -238,52 +238,57 @@ def test_no_webhook_delivery_gets_a_5xx_or_stores_anything_when_refused(app, bod
 # --- the same kinds under gunicorn, where the server frames the body ------------------------------
 
 
-def raw_request(url: str, head: str, body_chunks: list[bytes]) -> tuple[int, bytes]:
-    """Send an HTTP/1.1 request over a plain socket (chunked when `body_chunks` is not empty and no
-    Content-Length is in `head`); returns the status and the body of the answer."""
+def exchange(url: str, request: bytes) -> tuple[int, bytes]:
+    """Send raw HTTP/1.1 bytes over a socket and read one answer by its Content-Length: the
+    connection stays open (so gunicorn drains what was not read, rather than resetting it)."""
     address = urlsplit(url)
     with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
-        connection.sendall(head.encode("latin-1") + b"\r\n")
-        try:
-            for chunk in body_chunks:
-                connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            connection.sendall(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may answer, and close, before the whole body is sent
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    status_line, _, rest = answer.partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+        connection.sendall(request)
+        answer = connection.makefile("rb")
+        status, length = int(answer.readline().split()[1]), 0
+        while (line := answer.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, answer.read(length)
 
 
-def chunked_head(path: str, **headers: str) -> str:
-    lines = [f"POST {path} HTTP/1.1", "Host: checkout.test", "Transfer-Encoding: chunked", "Connection: close"]
-    return "\r\n".join(lines + [f"{name}: {value}" for name, value in headers.items()]) + "\r\n"
+def chunked(path: str, body: bytes, **headers: str) -> bytes:
+    """A POST whose body is sent in 64 KiB chunks, without Content-Length, as a proxy or a
+    streaming client would."""
+    head = [f"POST {path} HTTP/1.1", "Host: checkout.test", "Transfer-Encoding: chunked"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    return (
+        "\r\n".join(head).encode()
+        + b"\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+        + b"0\r\n\r\n"
+    )
+
+
+def signed_chunked(path: str, body: bytes) -> bytes:
+    return chunked(path, body, **{HEADER: sign(body, WEBHOOK_SECRET), "Content-Type": "application/json"})
 
 
 @pytest.mark.parametrize(("path", "limit"), [(WEBHOOK_PATH, MAX_BODY_BYTES), ("/api/checkout", 64 * 1024)])
 def test_a_chunked_body_over_the_limit_is_413_under_gunicorn(app, live_server, path, limit):
     """Werkzeug used to hand the first `limit` bytes over as the whole body: a webhook then failed
     its signature (401) and a checkout was bad JSON (400)."""
-    body = b"[" + b" " * limit + b"]"
-    signature = sign(body, WEBHOOK_SECRET)
-    head = chunked_head(path, **{HEADER: signature, "Content-Type": "application/json"})
     before = stored(app)
 
-    status, answer = raw_request(live_server.url, head, [body[i : i + 65536] for i in range(0, len(body), 65536)])
+    status, answer = exchange(live_server.url, signed_chunked(path, b"[" + b" " * limit + b"]"))
 
     assert status == 413, answer[:300]
-    assert b'"request_entity_too_large"' in answer
+    assert json.loads(answer)["error"]["code"] == "request_entity_too_large"
     assert stored(app) == before
 
 
 def test_a_chunked_body_at_the_limit_is_read_whole_under_gunicorn(app, live_server):
     body = json.dumps({"event": {"id": "evt-chunked", "name": "payment.created"}, "pad": ""}).encode()
     body = body[:-2] + b" " * (MAX_BODY_BYTES - len(body)) + body[-2:]  # exactly 1 MiB, padded inside
-    head = chunked_head(WEBHOOK_PATH, **{HEADER: sign(body, WEBHOOK_SECRET), "Content-Type": "application/json"})
 
-    status, answer = raw_request(live_server.url, head, [body[i : i + 65536] for i in range(0, len(body), 65536)])
+    status, answer = exchange(live_server.url, signed_chunked(WEBHOOK_PATH, body))
 
     assert status == 200, answer[:300]
     assert json.loads(answer)["outcome"] == "ignored"
@@ -291,12 +296,45 @@ def test_a_chunked_body_at_the_limit_is_read_whole_under_gunicorn(app, live_serv
 
 @pytest.mark.parametrize("path", [WEBHOOK_PATH, "/api/checkout"])
 def test_json_nested_1000_deep_is_400_under_gunicorn(app, live_server, path):
-    body = b"[" * 1000 + b"]" * 1000
-    head = chunked_head(path, **{HEADER: sign(body, WEBHOOK_SECRET), "Content-Type": "application/json"})
     before = stored(app)
 
-    status, answer = raw_request(live_server.url, head, [body])
+    status, answer = exchange(live_server.url, signed_chunked(path, b"[" * 1000 + b"]" * 1000))
 
     assert status == 400, answer[:300]
     assert f"nested deeper than {MAX_JSON_DEPTH} levels" in json.loads(answer)["error"]["message"]
+    assert stored(app) == before
+
+
+def get(target: bytes, *headers: bytes, host: bytes = b"checkout.test") -> bytes:
+    return b"\r\n".join([b"GET " + target + b" HTTP/1.1", b"Host: " + host, *headers]) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "expected"),
+    [
+        (chunked(WEBHOOK_PATH, b"{}").replace(b"2\r\n{}", b"zz\r\n{}"), 400),  # gunicorn's InvalidChunkSize: was 500
+        (get(b"/healthz", b"X-Request-ID: \xe2\x82\xac\xff"), 200),
+        (chunked(WEBHOOK_PATH, b"{}", **{HEADER: "t=\xd9\xa1,v1=\xff"}), 401),
+        (get(b"/api/orders/%FF"), 404),
+        (get(b"/api/orders/%00"), 404),
+        (get(b"/api/orders/%ED%A0%80"), 404),
+        (get(b"/api/checkout/success?orderId=%00"), 404),
+        (get(b"/api/checkout/cancel?orderId=%G1%&=&orderId"), 404),
+        (get(b"/api/checkout/success?orderId=%FF%FE", host=b"\xff\xfe:99999"), 404),
+        (chunked("/api/checkout", b"{}", **{"Content-Type": "application/json; charset=bogus"}), 400),
+    ],
+    ids=["bad-chunk-size", "non-ascii-header", "non-ascii-signature", "path-ff", "path-nul", "path-surrogate",
+         "query-nul", "query-bad-percent", "host-non-ascii", "unknown-charset"],
+)  # fmt: skip
+def test_odd_bytes_on_the_wire_get_a_json_answer_under_gunicorn(app, live_server, request_bytes, expected):
+    """What gunicorn passes on to the service. (What it refuses itself, such as a control
+    character in a header or a raw non-ASCII byte in the request line, it answers with its own
+    HTML 400 or 431, before the service sees it.)"""
+    before = stored(app)
+
+    status, answer = exchange(live_server.url, request_bytes)
+
+    assert status == expected, answer[:300]
+    if status >= 400:
+        assert json.loads(answer)["error"]["code"]
     assert stored(app) == before
