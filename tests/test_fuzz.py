@@ -235,6 +235,45 @@ def test_no_webhook_delivery_gets_a_5xx_or_stores_anything_when_refused(app, bod
     send(app, "POST", WEBHOOK_PATH, body, request_headers, "")
 
 
+def with_description(raw_json: str) -> bytes:
+    """A valid order whose description is `raw_json` (one level below the top)."""
+    return json.dumps(order_payload(description="?")).replace('"?"', raw_json).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (with_description("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH), f"nested deeper than {MAX_JSON_DEPTH}"),
+        (with_description("NaN"), "NaN is not JSON"),
+        (with_description("-Infinity"), "-Infinity is not JSON"),
+        (with_description("1e999"), "too large for a float"),
+        (with_description("9" * 65), "longer than 64 characters"),
+        (b"\xff" + with_description("1"), "can't decode byte 0xff"),
+    ],
+    ids=["too-deep", "nan", "infinity", "float-overflow", "long-number", "not-utf8"],
+)
+@pytest.mark.parametrize("path", ["/api/checkout", WEBHOOK_PATH])
+def test_json_past_the_limits_is_400_naming_the_problem(api, app, simulator, path, body, problem):
+    before = stored(app)
+    response = api.post(
+        path, data=body, headers={HEADER: sign(body, WEBHOOK_SECRET), "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400, response.get_json()
+    assert problem in response.get_json()["error"]["message"]
+    assert simulator.requests() == []
+    assert stored(app) == before
+
+
+def test_json_at_the_depth_limit_is_parsed(api):
+    depth = MAX_JSON_DEPTH - 1  # the order itself is the first level
+    response = api.post(
+        "/api/checkout", data=with_description("[" * depth + "]" * depth), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["fields"] == {"description": ["Not a valid string."]}
+
+
 # --- the same kinds under gunicorn, where the server frames the body ------------------------------
 
 
