@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from config import MAX_BODY_BYTES
+from conftest import make_app, service_settings
 from models import Order, WebhookEvent, db
 from schemas import MAX_JSON_DEPTH
 from signatures import HEADER, sign
@@ -93,11 +94,12 @@ def maybe(valid: str):
 
 
 line_item = st.fixed_dictionaries(
-    {
+    {"quantity": maybe("1")},
+    optional={  # a price from the client, or a sku from the catalog
         "name": maybe('"x"'),
         "price": st.fixed_dictionaries({"currency": maybe('"SLE"'), "value": maybe("100")}).map(json_object),
-        "quantity": maybe("1"),
-    }
+        "sku": maybe('"bundle"'),
+    },
 ).map(json_object)
 checkout_bodies = st.fixed_dictionaries(
     {key: maybe(json.dumps(value)) for key, value in order_payload("ord_fuzz").items() if key != "lineItems"}
@@ -163,6 +165,16 @@ query_strings = st.lists(
 content_types = st.sampled_from(["application/json"] * len(CONTENT_TYPES) + CONTENT_TYPES) | latin1
 
 
+@pytest.fixture(params=["client-prices", "catalog"])
+def service(request, app, database_url, simulator, tmp_path):
+    """The service as it prices orders: from the client's line items, or from CATALOG_FILE."""
+    if request.param == "client-prices":
+        return app
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"bundle": {"name": "Bundle", "price": 2500, "currency": "SLE"}}))
+    return make_app(service_settings(database_url, simulator.url) | {"CATALOG_FILE": str(catalog)})
+
+
 def endpoints(app, method: str | None = None) -> list[str]:
     """Every route of the service (with `method`: that accepts it), as written in the URL map,
     e.g. /api/orders/<order_id>."""
@@ -216,7 +228,8 @@ def send(app, method: str, path: str, body: bytes, request_headers: dict, query:
 
 @FUZZ
 @given(data=st.data())
-def test_no_request_gets_a_5xx_or_stores_anything_when_refused(app, data):
+def test_no_request_gets_a_5xx_or_stores_anything_when_refused(service, data):
+    app = service
     # half the requests go to an endpoint that takes a body, where most of the parsing is
     rule = data.draw(st.sampled_from(endpoints(app, "POST")) | st.sampled_from(endpoints(app)), label="endpoint")
     path = RULE_ARGUMENT.sub(lambda _: data.draw(percent_encoded | latin1.map(str.strip), label="argument"), rule)
