@@ -71,6 +71,9 @@ def refuse_if_paid(order: Order) -> None:
 
 
 def load_checkout_request() -> dict:
+    """The request's order, loaded by the checkout schema (amounts in minor units). Raises ApiError:
+    415 not JSON, 413 over MAX_CHECKOUT_BYTES (chunked too), 400 not a JSON object within
+    schemas.load_json's limits (invalid_json) or not a valid order (validation_failed)."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Send the order as JSON with Content-Type: application/json.")
     request.max_content_length = MAX_CHECKOUT_BYTES
