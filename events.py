@@ -9,7 +9,6 @@ being asked.
 """
 
 import hashlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from models import (
     utcnow,
 )
 from orders import SessionReport
-from schemas import WebhookEventSchema, storable
+from schemas import WebhookEventSchema, load_json, storable
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +67,9 @@ EVENT_SCHEMA = WebhookEventSchema()  # built once: a fresh schema costs ~5x the 
 
 
 def parse(text: str) -> dict:
-    """The event envelope in a verified body; ValueError (bad JSON) or
-    marshmallow's ValidationError (not a Monime event) otherwise."""
-    return EVENT_SCHEMA.load(json.loads(text))
+    """The event envelope in a verified body; ValueError (not JSON, or JSON too deep or with
+    numbers too large: schemas.load_json) or marshmallow's ValidationError (not a Monime event) otherwise."""
+    return EVENT_SCHEMA.load(load_json(text))
 
 
 def replay(event_id: str) -> Receipt | None:

@@ -4,6 +4,9 @@ The checkout limits mirror Monime's CreateCheckoutSession (caph.2025-08-23),
 so a request that passes here is one Monime accepts.
 """
 
+import json
+import math
+import re
 from datetime import UTC
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
@@ -16,6 +19,53 @@ CURRENCIES = ("SLE", "USD")
 # units inside a signed 64-bit total (BIGINT) with room to spare.
 MAX_UNIT_PRICE = 10**12
 MAX_CLIENT_METADATA = 63  # Monime allows 64; the service adds orderId
+
+# A checkout request is 4 levels deep and a Monime event about 6; past these limits a body is
+# not one of ours, and the parser and the schemas (both recursive) never see it.
+MAX_JSON_DEPTH = 32
+MAX_JSON_NUMBER_CHARACTERS = 64  # a 64-bit integer has 20; Python refuses over 4300 digits with a ValueError
+# Each JSON string as a whole (so brackets inside one are skipped), or a bracket. An unclosed
+# string runs to the end rather than failing, so no text makes the scan quadratic.
+JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
+
+
+def load_json(data: bytes | str) -> object:
+    """A request body (UTF-8 bytes or text) parsed as strict JSON (RFC 8259): at most
+    MAX_JSON_DEPTH levels of arrays and objects, numbers of at most MAX_JSON_NUMBER_CHARACTERS
+    characters, no NaN or Infinity, finite floats. Raises ValueError naming what is wrong
+    (UnicodeDecodeError and json.JSONDecodeError are ValueErrors) before anything recurses."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    depth = 0
+    for token in JSON_NESTING.finditer(text):
+        match token.group():
+            case "[" | "{":
+                depth += 1
+                if depth > MAX_JSON_DEPTH:
+                    raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            case "]" | "}":
+                depth -= 1
+    return json.loads(text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+
+
+def _json_number(literal: str) -> str:
+    if len(literal) > MAX_JSON_NUMBER_CHARACTERS:
+        raise ValueError(f"a JSON number longer than {MAX_JSON_NUMBER_CHARACTERS} characters")
+    return literal
+
+
+def _json_int(literal: str) -> int:
+    return int(_json_number(literal))
+
+
+def _json_float(literal: str) -> float:
+    value = float(_json_number(literal))
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"a JSON number too large for a float: {literal}")
+    return value
+
+
+def _json_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def storable(value: str) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 HEADER = "Monime-Signature"
 DEFAULT_TOLERANCE = 300
+MAX_TIMESTAMP_DIGITS = 12  # unix seconds have 10 digits until the year 2286; more is not a time
 
 
 class SignatureError(ValueError):
@@ -56,7 +57,7 @@ def _parse(header: str) -> tuple[int, list[bytes]]:
         if not sep:
             raise SignatureError(f"malformed {HEADER} header")
         if key == "t":
-            if not value.isascii() or not value.isdigit():
+            if not value.isascii() or not value.isdigit() or len(value) > MAX_TIMESTAMP_DIGITS:
                 raise SignatureError(f"malformed {HEADER} header: t must be unix seconds")
             timestamp = int(value)
         elif key == "v1":

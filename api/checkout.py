@@ -15,6 +15,7 @@ from api.guard import checkout_limit, limiter, within_redirect_lookup_limit
 from catalog import checkout_schema
 from metrics import CHECKOUTS
 from models import Order, Status, db, read_only
+from schemas import load_json
 
 MAX_CHECKOUT_BYTES = 64 * 1024  # the largest valid order is about 30 KiB
 
@@ -70,10 +71,16 @@ def refuse_if_paid(order: Order) -> None:
 
 
 def load_checkout_request() -> dict:
+    """The request's order, loaded by the checkout schema (amounts in minor units). Raises ApiError:
+    415 not JSON, 413 over MAX_CHECKOUT_BYTES (chunked too), 400 not a JSON object within
+    schemas.load_json's limits (invalid_json) or not a valid order (validation_failed)."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Send the order as JSON with Content-Type: application/json.")
     request.max_content_length = MAX_CHECKOUT_BYTES
-    body = request.get_json(silent=True)
+    try:
+        body = load_json(request.get_data())  # over MAX_CHECKOUT_BYTES: 413, however the body is framed
+    except ValueError as exc:
+        raise ApiError(400, "invalid_json", f"The request body must be a JSON object: {exc}.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     try:

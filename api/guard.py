@@ -7,8 +7,11 @@ import uuid
 
 import limits
 from flask import Flask, current_app, g, request
+from flask import Request as FlaskRequest
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 import logs
 
@@ -48,7 +51,33 @@ def within_redirect_lookup_limit() -> bool:
         return True
 
 
+class Request(FlaskRequest):
+    """Flask's request, whose body is all of what the client sent or a 413.
+
+    A body without Content-Length (Transfer-Encoding: chunked) is read by Werkzeug 3.1
+    (`LimitedStream.readall`) only up to `max_content_length`, and what was read comes back
+    as if it were everything: a webhook cut at 1 MiB then fails its signature (401) and a
+    checkout fails as bad JSON. One more byte from the client tells them apart.
+
+    A chunked body gunicorn cannot take apart (a chunk size that is not hex) raises gunicorn's
+    ParseException from the read: a 400, not a 500. (Werkzeug turns a server's OSError into a 400.)
+    """
+
+    def get_data(self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False):
+        """As Flask's; raises RequestEntityTooLarge (413) when the body is over `max_content_length`
+        bytes, BadRequest (400) when its chunked framing is broken."""
+        try:
+            data = super().get_data(cache=cache, as_text=False, parse_form_data=parse_form_data)
+        except ParseException as exc:
+            raise BadRequest(f"The request body cannot be read: {exc}.") from None
+        limit = self.max_content_length
+        if self.content_length is None and limit is not None and len(data) >= limit and self.input_stream.read(1):
+            raise RequestEntityTooLarge()
+        return data.decode(errors="replace") if as_text else data
+
+
 def init_app(app: Flask) -> None:
+    app.request_class = Request
     limiter.init_app(app)
 
     @app.before_request

@@ -35,9 +35,10 @@ def monime_webhook():
     try:
         text = body.decode()  # strict UTF-8, as Monime sends; anything else is not an event
         envelope = events.parse(text)
-    except (ValueError, ValidationError) as exc:
-        details = exc.messages if isinstance(exc, ValidationError) else {}
-        raise ApiError(400, "malformed_event", "The body is not a Monime event.", fields=details) from None
+    except ValidationError as exc:
+        raise ApiError(400, "malformed_event", "The body is not a Monime event.", fields=exc.messages) from None
+    except ValueError as exc:  # not UTF-8, not JSON, or JSON too deep or with too large numbers
+        raise ApiError(400, "malformed_event", f"The body is not a Monime event: {exc}.", fields={}) from None
 
     logs.bind(eventId=envelope["event"]["id"])
     try:

@@ -43,6 +43,8 @@ def test_a_missing_header_is_refused():
         "t=-5,v1=abc",
         f"t={NOW};v1=abc",
         "t=１２,v1=a",
+        f"t={'9' * 400},v1=a",  # was an OverflowError (500): too large for a float
+        "t=0000000000001,v1=a",  # 13 digits: no unix time for 300,000 years
     ],
 )
 def test_a_malformed_header_is_refused(header):
