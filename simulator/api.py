@@ -71,7 +71,9 @@ def misbehave_on_the_way_out(response):
 
 
 def dribble(data: bytes, interval: float):
-    """`data` one byte at a time, `interval` seconds apart."""
+    """`data` one byte at a time, `interval` seconds apart, after an empty piece (on which
+    the server sends the status line and headers, at once)."""
+    yield b""
     for byte in data:
         time.sleep(interval)  # the fault itself: a peer that sends slowly
         yield bytes([byte])
