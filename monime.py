@@ -74,7 +74,10 @@ class Deadline:
     below hand each connection to the deadline of the thread that takes it from the pool and
     take it back when it is returned, so a late timer can never cut a connection another call
     is using; a connection that was cut is closed and never pooled again. `expired` tells the
-    caller that whatever the attempt got is to be treated as a timeout.
+    caller that whatever the attempt got is to be treated as a timeout. The body is read
+    inside the call (no stream=True), so the cut bounds it too: checking a clock between
+    chunks would not, as one read of a chunk can itself be trickled. Costs one short-lived
+    timer thread per call.
 
     The one wait it cannot end is a DNS lookup that hangs, which no socket is open for yet.
     """
@@ -84,6 +87,7 @@ class Deadline:
         self.ends_at = time.monotonic() + seconds
         self.expired = False
         self.connection = None  # the connection the call is using now, if any
+        self._over = False
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
@@ -97,10 +101,14 @@ class Deadline:
 
     def __exit__(self, *_exc) -> None:
         self._timer.cancel()
+        with _LOCK:  # a timer already firing finds the call over and cuts nothing
+            self.connection, self._over = None, True
         _current.deadline = self._outer
 
     def _expire(self) -> None:
         with _LOCK:
+            if self._over:
+                return
             self.expired = True
             if self.connection is not None:
                 _cut(self.connection)
