@@ -5,16 +5,25 @@ connection errors and 5xx with the SAME Idempotency-Key, so Monime makes at
 most one session however often we ask, until a total deadline passes.
 Failures come out as typed errors that the HTTP layer maps to status codes;
 none of them carries the access token.
+
+Every call has a hard wall-clock budget (Deadline, below): connect, request,
+headers and body of every attempt together. `requests`' timeouts are per
+socket operation, so a peer that sends one byte just before each read timeout
+would otherwise hold a call, and the thread making it, for as long as it likes.
 """
 
+import contextlib
 import itertools
 import random
+import socket
+import threading
 import time
 from urllib.parse import quote
 
 import requests
 from flask import current_app
 from requests.adapters import HTTPAdapter
+from urllib3 import connection, connectionpool, poolmanager
 
 from metrics import MONIME_LATENCY
 
@@ -49,6 +58,152 @@ class MonimeTimeout(MonimeUnavailable):
     """Monime did not answer in time."""
 
 
+# --- the hard deadline ----------------------------------------------------------------------
+
+_LOCK = threading.Lock()  # guards which connection each deadline owns, and its cutting
+_current = threading.local()  # .deadline: the Deadline of the call this thread is making
+
+
+class Deadline:
+    """A hard wall-clock budget, in seconds, for one call to Monime: every attempt, with its
+    connect, request, headers and body, ends within it however slowly the bytes arrive.
+
+    `with Deadline(seconds) as budget:` arms a timer; when it fires, the socket of the
+    connection this thread is using is shut down, which ends any read or write blocked on it
+    (requests' per-read timeouts cannot: each byte restarts them). The connection pools
+    below hand each connection to the deadline of the thread that takes it from the pool and
+    take it back when it is returned, so a late timer can never cut a connection another call
+    is using; a connection that was cut is closed and never pooled again. `expired` tells the
+    caller that whatever the attempt got is to be treated as a timeout. The body is read
+    inside the call (no stream=True), so the cut bounds it too: checking a clock between
+    chunks would not, as one read of a chunk can itself be trickled. Costs one short-lived
+    timer thread per call.
+
+    The one wait it cannot end is a DNS lookup that hangs, which no socket is open for yet.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.ends_at = time.monotonic() + seconds
+        self.expired = False
+        self.connection = None  # the connection the call is using now, if any
+        self._over = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def remaining(self) -> float:
+        return self.ends_at - time.monotonic()
+
+    def __enter__(self) -> "Deadline":
+        self._outer, _current.deadline = getattr(_current, "deadline", None), self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._timer.cancel()
+        with _LOCK:  # a timer already firing finds the call over and cuts nothing
+            self.connection, self._over = None, True
+        _current.deadline = self._outer
+
+    def _expire(self) -> None:
+        with _LOCK:
+            if self._over:
+                return
+            self.expired = True
+            if self.connection is not None:
+                _cut(self.connection)
+
+
+def _cut(conn) -> None:
+    """Shut the connection's socket down (both ways) so every blocked read or write on it
+    returns at once; called with _LOCK held. The socket module's own shutdown, so a TLS
+    socket's state, which the blocked thread is using, is left alone."""
+    conn.was_cut = True
+    if conn.opened is not None:
+        with contextlib.suppress(OSError):  # already closed
+            socket.socket.shutdown(conn.opened, socket.SHUT_RDWR)
+
+
+class _WatchedConnection:
+    """A socket opened after its call's deadline has passed is cut as soon as it exists."""
+
+    deadline: Deadline | None = None  # the call using this connection
+    was_cut = False
+    # The socket last opened: http.client lets go of `sock` once a response that ends the
+    # connection has begun, while the response goes on reading its body from that socket.
+    opened: socket.socket | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        with _LOCK:
+            self.opened = self.sock
+            if self.deadline is not None and self.deadline.expired:
+                _cut(self)
+
+
+class _WatchedPool:
+    """Lends each connection to the deadline of the calling thread; a cut one is not kept."""
+
+    def _get_conn(self, timeout=None):
+        conn = super()._get_conn(timeout)
+        deadline = getattr(_current, "deadline", None)
+        with _LOCK:
+            conn.deadline = deadline
+            if deadline is not None:
+                deadline.connection = conn
+                if deadline.expired:
+                    _cut(conn)
+        return conn
+
+    def _put_conn(self, conn) -> None:
+        if conn is not None:
+            with _LOCK:
+                if conn.deadline is not None and conn.deadline.connection is conn:
+                    conn.deadline.connection = None
+                conn.deadline, cut = None, conn.was_cut
+            if cut:
+                conn.close()
+                conn = None  # the pool makes a fresh connection in its place
+        super()._put_conn(conn)
+
+
+class _HTTPConnection(_WatchedConnection, connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_WatchedConnection, connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(_WatchedPool, connectionpool.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(_WatchedPool, connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connections (direct, or through an HTTP(S) proxy) a Deadline can cut."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _watch(self.poolmanager)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        return _watch(super().proxy_manager_for(proxy, **proxy_kwargs))
+
+
+def _watch(manager):
+    """Make a urllib3 pool manager use the watched pools, unless it has its own (SOCKS)."""
+    if manager.pool_classes_by_scheme == poolmanager.pool_classes_by_scheme:
+        manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+    return manager
+
+
+# --- the client -------------------------------------------------------------------------------
+
+
 class MonimeClient:
     def __init__(
         self,
@@ -67,7 +222,7 @@ class MonimeClient:
         self.retry_deadline, self.verify_timeout = retry_deadline, verify_timeout
         self._token = access_token
         self.http = requests.Session()
-        self.http.mount(self.base_url, HTTPAdapter(pool_maxsize=pool_size, max_retries=0))
+        self.http.mount(self.base_url, DeadlineAdapter(pool_maxsize=pool_size, max_retries=0))
         self.http.headers.update(
             {
                 "Authorization": f"Bearer {access_token}",
@@ -78,7 +233,8 @@ class MonimeClient:
         )
 
     def create_session(self, body: dict, idempotency_key: str) -> dict:
-        """POST /v1/checkout-sessions; returns the created CheckoutSession."""
+        """POST /v1/checkout-sessions; returns the created CheckoutSession. Retried with the
+        same key until the retry deadline; MonimeTimeout if that passes first."""
         return self._call(
             "create_session",
             "POST",
@@ -89,26 +245,31 @@ class MonimeClient:
         )
 
     def get_session(self, session_id: str) -> dict:
-        """GET /v1/checkout-sessions/{id}, within the short verification timeout."""
+        """GET /v1/checkout-sessions/{id}, within the short verification timeout (retried
+        within it too)."""
         path = f"/v1/checkout-sessions/{quote(session_id, safe='')}"
         return self._call("get_session", "GET", path, deadline=self.verify_timeout)
 
     def _call(self, operation: str, method: str, path: str, *, deadline: float, **kwargs) -> dict:
-        """Attempt until an answer, a 4xx, or the deadline, whichever comes first."""
-        give_up_at = time.monotonic() + deadline
-        for attempt in itertools.count():
-            remaining = max(give_up_at - time.monotonic(), 0.001)
-            timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
-            response, failure = self._attempt(operation, method, path, timeout, **kwargs)
-            if response is not None:
-                return self._result(response)
-            pause = _backoff(attempt)
-            if time.monotonic() + pause + MIN_ATTEMPT > give_up_at:  # no time left for a real attempt
-                raise failure
-            time.sleep(pause)
+        """Attempt until an answer, a 4xx, or the deadline (seconds, a hard total across attempts),
+        whichever comes first. Raises MonimeRejected (4xx), MonimeTimeout or MonimeUnavailable."""
+        with Deadline(deadline) as budget:
+            for attempt in itertools.count():
+                remaining = max(budget.remaining(), 0.001)
+                timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
+                response, failure = self._attempt(operation, method, path, timeout, budget, **kwargs)
+                if response is not None:
+                    return self._result(response)
+                pause = _backoff(attempt)
+                if budget.expired or budget.remaining() < pause + MIN_ATTEMPT:  # no time for a real attempt
+                    raise failure
+                time.sleep(pause)
 
-    def _attempt(self, operation, method, path, timeout, **kwargs) -> tuple[requests.Response | None, MonimeError]:
-        """One HTTP request, timed: the response, or the failure worth retrying. A 4xx is raised."""
+    def _attempt(
+        self, operation, method, path, timeout, budget: Deadline, **kwargs
+    ) -> tuple[requests.Response | None, MonimeError]:
+        """One HTTP request, timed: the response, or the failure worth retrying. A 4xx is raised.
+        Whatever an attempt cut by the deadline got, it is a MonimeTimeout."""
         started = time.perf_counter()
         response, failure = None, None
         try:
@@ -118,6 +279,9 @@ class MonimeClient:
             result, failure = "timeout", MonimeTimeout(f"Monime did not answer within {timeout[1]:.1f} s")
         except requests.RequestException as exc:
             result, failure = "unreachable", MonimeUnavailable(f"Monime could not be reached ({type(exc).__name__})")
+        if budget.expired:
+            response, result = None, "timeout"
+            failure = MonimeTimeout(f"Monime did not answer within the {budget.seconds:.1f} s budget")
         MONIME_LATENCY.labels(operation, result).observe(time.perf_counter() - started)
         if response is None:
             return None, failure

@@ -1,5 +1,6 @@
 """Monime's checkout-session API, as the official document describes it."""
 
+import contextlib
 import socket
 import time
 
@@ -54,12 +55,41 @@ def done(_exc):
 
 
 @bp.after_request
-def drop_connection_when_told(response):
+def misbehave_on_the_way_out(response):
+    """The drop and trickle faults, switched on by POST /_sim/faults."""
+    connection = request.environ.get("werkzeug.socket")  # only under Werkzeug's server
     if store().take_fault("drop"):
-        connection = request.environ.get("werkzeug.socket")
         if connection is not None:
             connection.shutdown(socket.SHUT_RDWR)  # the work is done; the answer never arrives
+        return response
+    interval = store().take_trickle()
+    if interval and connection is not None and store().faults.trickle_headers:
+        trickle_raw(response, connection, interval)
+    elif interval:
+        response.response = dribble(response.get_data(), interval)  # the headers at once, the body slowly
     return response
+
+
+def dribble(data: bytes, interval: float):
+    """`data` one byte at a time, `interval` seconds apart, after an empty piece (on which
+    the server sends the status line and headers, at once)."""
+    yield b""
+    for byte in data:
+        time.sleep(interval)  # the fault itself: a peer that sends slowly
+        yield bytes([byte])
+
+
+def trickle_raw(response, connection: socket.socket, interval: float) -> None:
+    """Write the whole answer, status line and headers included, on the socket one byte every
+    `interval` seconds, then close the connection; the server's own attempt to answer after it
+    finds the socket closed and gives up. Stops as soon as the client hangs up."""
+    head = [f"HTTP/1.1 {response.status}", *(f"{name}: {value}" for name, value in response.headers.items())]
+    raw = "\r\n".join([*head, "Connection: close", "", ""]).encode("latin-1") + response.get_data()
+    with contextlib.suppress(OSError):  # the client gave up waiting: what the fault is for
+        for piece in dribble(raw, interval):
+            connection.sendall(piece)
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
 
 
 @bp.post("/checkout-sessions")

@@ -51,15 +51,28 @@ def configure():
 
 @bp.post("/faults")
 def set_faults():
-    """{"delay": seconds, "slow": N, "fail": N, "failStatus": 503, "drop": N}; {} clears them.
-    The delay applies to the next `slow` requests, or to every request when `slow` is 0."""
+    """{"delay": seconds, "slow": N, "fail": N, "failStatus": 503, "drop": N,
+    "trickle": {"interval": seconds, "count": N, "headers": true}}; {} clears them.
+    The delay applies to the next `slow` requests, or to every request when `slow` is 0.
+    A trickle sends the next `count` answers (every answer when 0 or left out) one byte
+    every `interval` seconds: status line and headers too unless "headers" is false."""
     given = options()
+    trickle = given.get("trickle") or {}
+    try:
+        interval, count = float(trickle.get("interval", 0)), int(trickle.get("count", 0))
+        if not (0 <= interval <= 60 and count >= 0):
+            raise ValueError
+    except (AttributeError, TypeError, ValueError):
+        return {"error": 'trickle is {"interval": 0-60 seconds, "count": N >= 0, "headers": true|false}'}, 400
     store().faults = Faults(
         delay=float(given.get("delay", 0)),
         slow=int(given.get("slow", 0)),
         fail=int(given.get("fail", 0)),
         fail_status=int(given.get("failStatus", 503)),
         drop=int(given.get("drop", 0)),
+        trickle=interval,
+        trickled=count,
+        trickle_headers=bool(trickle.get("headers", True)),
     )
     return asdict(store().faults)
 

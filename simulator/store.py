@@ -23,6 +23,9 @@ class Faults:
     fail: int = 0  # the next N API requests answer fail_status without doing anything
     fail_status: int = 503
     drop: int = 0  # the next N API requests are carried out, then the connection is closed unanswered
+    trickle: float = 0.0  # seconds between bytes: an API answer dribbles out one byte at a time...
+    trickled: int = 0  # ... for the next N API requests; 0 means for every one
+    trickle_headers: bool = True  # the status line and headers dribble too, not only the body
 
 
 @dataclass
@@ -85,6 +88,16 @@ class Store:
             if self.faults.slow == 0:
                 self.faults.delay = 0.0
             return delay
+
+    def take_trickle(self) -> float:
+        """Seconds between the bytes of this request's answer; 0 to answer at once."""
+        with self.lock:
+            interval = self.faults.trickle
+            if interval and self.faults.trickled:
+                self.faults.trickled -= 1
+                if self.faults.trickled == 0:
+                    self.faults.trickle = 0.0
+            return interval
 
     def take_fault(self, kind: str) -> bool:
         """Use up one of the next-N faults of this kind ("fail" or "drop")."""

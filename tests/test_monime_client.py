@@ -2,6 +2,7 @@
 typed errors, the deadline, token redaction, and session_amount."""
 
 import json
+import threading
 import time
 
 import pytest
@@ -298,6 +299,104 @@ def test_create_session_waits_for_the_read_timeout_that_get_session_does_not(sim
     assert isinstance(session, dict), session
     assert took >= 0.5
     assert len(simulator.requests("POST")) == 1  # answered on the first attempt
+
+
+# --- a Monime that trickles: the budget is a hard wall-clock limit ------------------------------
+
+TRICKLE = 0.2  # seconds between bytes: under the read timeout, so no single read ever times out
+HARD_MARGIN = 1.0  # seconds allowed beyond a budget: a correctness bound, not a performance one
+TRICKLES = {"headers and body": {"interval": TRICKLE}, "body only": {"interval": TRICKLE, "headers": False}}
+
+
+def pooled_connections(client: MonimeClient) -> list:
+    """The connections the client's pools keep for reuse."""
+    pools = client.http.get_adapter(client.base_url).poolmanager.pools
+    # urllib3 refuses to iterate its pools directly; keys() gives a copy
+    return [conn for key in pools.keys() for conn in list(pools[key].pool.queue) if conn is not None]  # noqa: SIM118
+
+
+@pytest.mark.parametrize("trickle", TRICKLES.values(), ids=TRICKLES.keys())
+def test_a_create_trickled_byte_by_byte_ends_in_monime_timeout_within_the_retry_deadline(simulator, trickle):
+    client = client_for(simulator, read_timeout=0.5, retry_deadline=1.0)
+    simulator.faults(trickle=trickle)
+
+    error, took = timed(lambda: client.create_session(BODY, "key-trickled"))
+
+    assert type(error) is MonimeTimeout, error
+    assert str(error) == "Monime did not answer within the 1.0 s budget"
+    assert took < 1.0 + HARD_MARGIN
+    simulator.faults()
+    session = client.create_session(BODY, "key-trickled")  # the same key, once Monime answers
+    assert simulator.sessions() == [session]
+    assert {r["idempotencyKey"] for r in simulator.requests("POST")} == {"key-trickled"}
+
+
+@pytest.mark.parametrize("trickle", TRICKLES.values(), ids=TRICKLES.keys())
+def test_a_lookup_trickled_byte_by_byte_ends_in_monime_timeout_within_the_verify_timeout(simulator, trickle):
+    client = client_for(simulator, read_timeout=0.5, retry_deadline=10, verify_timeout=0.5)
+    created = client.create_session(BODY, "key-lookup")
+    simulator.faults(trickle=trickle)
+
+    error, took = timed(lambda: client.get_session(created["id"]))
+
+    assert type(error) is MonimeTimeout, error
+    assert "0.5 s budget" in str(error)
+    assert took < 0.5 + HARD_MARGIN
+    simulator.faults()
+    assert client.get_session(created["id"]) == created  # a fresh connection: the cut one was not pooled
+
+
+def test_a_connection_cut_by_the_deadline_is_never_pooled(simulator):
+    client = client_for(simulator, read_timeout=0.5, verify_timeout=0.5)
+    created = client.create_session(BODY, "key-pool")
+    [kept] = pooled_connections(client)  # the create's connection, back in the pool
+    simulator.faults(trickle={"interval": TRICKLE, "count": 1})
+
+    assert type(timed(lambda: client.get_session(created["id"]))[0]) is MonimeTimeout
+
+    assert kept.was_cut  # the lookup took the pooled connection, and the deadline cut it
+    assert kept not in pooled_connections(client)
+    assert all(not conn.was_cut for conn in pooled_connections(client))
+
+
+def test_a_deadline_cuts_only_its_own_call_while_another_thread_shares_the_client(simulator):
+    client = client_for(simulator, read_timeout=2, retry_deadline=5, verify_timeout=0.5)
+    created = client.create_session(BODY, "key-shared")
+    simulator.faults(delay=1.0)  # every answer: longer than the lookup's budget, within the create's
+    outcomes = {}
+    lookup = threading.Thread(target=lambda: outcomes.update(lookup=timed(lambda: client.get_session(created["id"]))))
+    lookup.start()
+    wait_for(lambda: len(simulator.requests("GET")) == 1, "the lookup reached the simulator")
+
+    outcomes["create"] = timed(lambda: client.create_session(BODY | {"name": "Another"}, "key-shared-2"))
+    lookup.join(timeout=10)
+
+    assert type(outcomes["lookup"][0]) is MonimeTimeout
+    assert outcomes["lookup"][1] < 0.5 + HARD_MARGIN
+    session, took = outcomes["create"]
+    assert isinstance(session, dict), session
+    assert took >= 1.0  # it outlived the lookup's deadline, on its own connection
+    assert len(simulator.requests("POST")) == 2  # the first create and this one: no retry was needed
+
+
+def test_a_finished_calls_deadline_never_cuts_the_next_call(simulator):
+    client = client_for(simulator, read_timeout=2, retry_deadline=5, verify_timeout=0.3)
+    created = client.create_session(BODY, "key-after")
+    client.get_session(created["id"])  # done at once, on the connection the next call reuses
+    simulator.faults(delay=0.6, slow=1)
+
+    session, took = timed(lambda: client.create_session(BODY, "key-after"))
+
+    assert session == created
+    assert took >= 0.6
+    assert len(simulator.requests("POST")) == 2
+
+
+def wait_for(condition, what: str, deadline: float = 10) -> None:
+    give_up = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < give_up, f"waited {deadline} s for: {what}"
+        time.sleep(0.01)  # polling a condition, bounded by the deadline
 
 
 # --- the token never leaves the client ------------------------------------------------------

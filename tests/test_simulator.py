@@ -4,6 +4,7 @@ control API and its signed webhooks, the faults, and the hosted checkout page.""
 import copy
 import json
 import re
+import socket
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -11,6 +12,7 @@ from urllib.parse import urljoin
 
 import pytest
 import requests
+import urllib3
 from werkzeug.wrappers import Request, Response
 
 import signatures
@@ -530,8 +532,64 @@ def test_delay_without_slow_delays_every_request(simulator):
         assert time.monotonic() - started >= 0.2
 
 
+def test_a_trickle_sends_the_status_line_headers_and_body_one_byte_at_a_time(simulator):
+    interval = 0.005
+    simulator.faults(trickle={"interval": interval, "count": 1})
+    request = f"GET {SESSIONS}/scs-unknown HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {simulator.access_token}\r\n"
+    request += f"Monime-Space-Id: {simulator.space_id}\r\n\r\n"
+    host, port = simulator.url.removeprefix("http://").split(":")
+
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request.encode())
+        started, pieces = time.monotonic(), []
+        while piece := connection.recv(65536):
+            pieces.append(piece)
+        took = time.monotonic() - started
+
+    raw = b"".join(pieces)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 NOT FOUND\r\n")
+    assert b"\r\nConnection: close" in head
+    assert json.loads(body)["error"]["reason"] == "not_found"  # the whole answer, unchanged
+    assert len(pieces) > len(raw) / 2  # it came in (about) as many pieces as bytes...
+    assert took >= len(raw) * interval  # ... each one `interval` after the last
+
+
+def test_a_trickle_of_count_1_slows_only_the_next_answer_and_delays_its_headers(simulator):
+    simulator.faults(trickle={"interval": 0.5, "count": 1})
+
+    with pytest.raises(requests.ReadTimeout):  # not even the status line within 0.35 s
+        requests.post(simulator.url + SESSIONS, json=BODY, headers=official_headers(simulator), timeout=(2, 0.35))
+    response = requests.post(
+        simulator.url + SESSIONS, json=BODY, headers=official_headers(simulator), timeout=(2, 0.35)
+    )  # would time out if it were trickled too
+
+    assert response.status_code == 200
+
+
+def test_a_trickle_without_headers_sends_the_headers_at_once_and_the_body_slowly(simulator):
+    session = created(simulator)
+    simulator.faults(trickle={"interval": 0.5, "headers": False})
+
+    with requests.get(
+        f"{simulator.url}{SESSIONS}/{session['id']}", headers=official_headers(simulator, None), timeout=(2, 0.35),
+        stream=True,
+    ) as response:  # fmt: skip
+        assert response.status_code == 200  # the headers came within the 0.35 s read timeout
+        assert int(response.headers["Content-Length"]) > 100
+        with pytest.raises(urllib3.exceptions.ReadTimeoutError):  # the body's first byte did not
+            response.raw.read(1)
+
+
+@pytest.mark.parametrize("trickle", [{"interval": -1}, {"interval": "slow"}, {"count": -1}, 0.5, [1]])
+def test_a_trickle_that_makes_no_sense_is_a_400(simulator, trickle):
+    response = requests.post(f"{simulator.url}/_sim/faults", json={"trickle": trickle}, timeout=10)
+    assert response.status_code == 400
+    assert "trickle" in response.json()["error"]
+
+
 def test_faults_without_arguments_clears_every_fault(simulator):
-    simulator.faults(delay=5, fail=5, drop=5)
+    simulator.faults(delay=5, fail=5, drop=5, trickle={"interval": 5})
 
     simulator.faults()
 
