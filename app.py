@@ -13,6 +13,7 @@ import cli
 import logs
 import models
 import monime
+import notifications
 from config import MAX_BODY_BYTES, check, from_environment, warn
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
@@ -47,6 +48,7 @@ def create_app(config: dict | None = None) -> Flask:
         origins = app.config["CORS_ORIGINS"]
         CORS(app, resources={r"/api/checkout": {"origins": origins}, r"/api/orders/.*": {"origins": origins}})
     cli.init_app(app)
+    notifications.init_app(app)
     if app.config["PROXY_HOPS"]:  # the client's address and scheme, as the trusted proxies report them
         hops = app.config["PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)

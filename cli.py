@@ -1,33 +1,46 @@
-"""Operations as `flask` commands: `flask --app app orders ...` and `flask --app app events ...`."""
+"""Operations as `flask` commands: `flask --app app orders ...`, `... events ...` and `... notifications ...`."""
 
-import re
+import contextlib
+import threading
 from datetime import timedelta
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import or_, select
 
 import events
+import notifications
 import orders
-from models import CheckoutSession, Order, Outcome, WebhookEvent, WebhookEventVariant, db
+from config import duration_seconds
+from models import (
+    CheckoutSession,
+    Notification,
+    NotificationStatus,
+    Order,
+    Outcome,
+    WebhookEvent,
+    WebhookEventVariant,
+    db,
+)
 
 orders_cli = AppGroup("orders", help="Inspect and reconcile orders.")
 events_cli = AppGroup("events", help="Inspect and replay stored webhook events.")
+notifications_cli = AppGroup("notifications", help="Deliver, inspect and redeliver order notifications.")
 
 
 class Duration(click.ParamType):
     """90s, 10m, 2h, 1d (or plain seconds)."""
 
     name = "duration"
-    UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "": "seconds"}
 
     def convert(self, value, param, ctx):
         if isinstance(value, timedelta):
             return value
-        match = re.fullmatch(r"(\d+)([smhd]?)", value.strip())
-        if not match:
-            self.fail(f"{value!r} is not a duration like 90s, 10m, 2h or 1d", param, ctx)
-        return timedelta(**{self.UNITS[match[2]]: int(match[1])})
+        try:
+            return timedelta(seconds=duration_seconds(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @orders_cli.command("reconcile")
@@ -125,6 +138,53 @@ def describe(event: WebhookEvent) -> str:
     ).rstrip(": ")
 
 
+@notifications_cli.command("run")
+def run_relay() -> None:
+    """Deliver order notifications in the foreground until Ctrl-C (instead of, or beside, the
+    workers' own relay threads: claims never overlap)."""
+    if not current_app.config["NOTIFY_URL"]:
+        raise click.ClickException("NOTIFY_URL is not set: there is nowhere to deliver to")
+    click.echo(f"delivering order notifications to {current_app.config['NOTIFY_URL']}; Ctrl-C stops")
+    with contextlib.suppress(KeyboardInterrupt):
+        notifications.relay(current_app._get_current_object(), threading.Event())
+
+
+@notifications_cli.command("list")
+@click.option("--status", "statuses", type=click.Choice([s.value for s in NotificationStatus]), multiple=True)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+def list_notifications(statuses: tuple[str, ...], limit: int) -> None:
+    """Notifications, oldest first (repeat --status for several)."""
+    query = select(Notification).order_by(Notification.created_at).limit(limit)
+    if statuses:
+        query = query.where(Notification.status.in_(statuses))
+    for row in db.session.scalars(query):
+        when = (
+            f"delivered {row.delivered_at:%Y-%m-%d %H:%M:%S}"
+            if row.delivered_at
+            else (f"next attempt {row.next_attempt_at:%Y-%m-%d %H:%M:%S}")
+        )
+        click.echo(
+            f"{row.id} {row.type} order {row.order_id} [{row.status}] attempts {row.attempts}, "
+            f"created {row.created_at:%Y-%m-%d %H:%M:%S}, {when}"
+            + (f": {row.last_error}" if row.last_error and row.status != NotificationStatus.DELIVERED else "")
+        )
+
+
+@notifications_cli.command("redeliver")
+@click.argument("notification_id", required=False)
+@click.option("--dead", is_flag=True, help="Every dead notification.")
+def redeliver(notification_id: str | None, dead: bool) -> None:
+    """Deliver a notification again (any status), or every dead one, with a fresh NOTIFY_RETRY_FOR."""
+    if bool(notification_id) == dead:
+        raise click.UsageError("give one notification id, or --dead")
+    count = notifications.redeliver(notification_id, dead)
+    db.session.commit()
+    if notification_id and not count:
+        raise click.ClickException(f"no notification {notification_id!r}")
+    click.echo(f"{count} notification{'s' if count != 1 else ''} to be delivered again")
+
+
 def init_app(app) -> None:
     app.cli.add_command(orders_cli)
     app.cli.add_command(events_cli)
+    app.cli.add_command(notifications_cli)

@@ -4,6 +4,7 @@ Every variable the service reads is listed in `from_environment`; `check`
 refuses to start with one clear error naming everything that is wrong.
 """
 
+import base64
 import logging
 import os
 import re
@@ -66,6 +67,12 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict:
         "PROXY_HOPS": get("PROXY_HOPS", "0"),
         "CATALOG_FILE": get("CATALOG_FILE", ""),
         "LOG_LEVEL": get("LOG_LEVEL", "INFO"),
+        "NOTIFY_URL": get("NOTIFY_URL", ""),
+        "NOTIFY_SECRET": get("NOTIFY_SECRET", ""),
+        "NOTIFY_RETRY_FOR": get("NOTIFY_RETRY_FOR", "3d"),
+        "NOTIFY_FIRST_RETRY": get("NOTIFY_FIRST_RETRY", "5"),
+        "NOTIFY_TIMEOUT": get("NOTIFY_TIMEOUT", "5"),
+        "NOTIFY_RELAY": get("NOTIFY_RELAY", "1"),
     }
 
 
@@ -140,8 +147,64 @@ def check(config: dict, *, relaxed: bool) -> None:
     if isinstance(config["MONIME_RETRY_DEADLINE"], float) and config["MONIME_RETRY_DEADLINE"] > MAX_RETRY_DEADLINE:
         problems.append(f"MONIME_RETRY_DEADLINE must be at most {MAX_RETRY_DEADLINE:.0f} s: a shopper is waiting")
 
+    problems += notify_problems(config)
     if problems:
         raise ConfigError("Invalid configuration: " + "; ".join(problems))
+
+
+def notify_problems(config: dict) -> list[str]:
+    """Validate and convert the NOTIFY_* settings in place (order notifications, notifications.py);
+    returns the problems found. NOTIFY_SECRETS becomes the list of secrets, NOTIFY_RELAY a bool,
+    the durations float seconds."""
+    problems = []
+    url = config["NOTIFY_URL"] = str(config.get("NOTIFY_URL") or "")
+    if url and (problem := http_url_problem(url)):
+        problems.append(f"NOTIFY_URL must be an absolute http(s) URL, scheme://host[:port][/path]: {problem}")
+    secrets = config["NOTIFY_SECRETS"] = comma_list(config.get("NOTIFY_SECRET"))
+    if url and not secrets:
+        problems.append("NOTIFY_SECRET is required when NOTIFY_URL is set: whsec_ and a base64 key")
+    problems += [
+        f"NOTIFY_SECRET: secret {position} of {len(secrets)} is not whsec_ followed by a base64 key"
+        for position, secret in enumerate(secrets, 1)
+        if not is_standard_webhooks_secret(secret)
+    ]
+    for name in ("NOTIFY_RETRY_FOR", "NOTIFY_FIRST_RETRY", "NOTIFY_TIMEOUT"):
+        try:
+            config[name] = duration_seconds(config[name])
+            if config[name] <= 0:
+                raise ValueError
+        except ValueError:
+            problems.append(f"{name} must be a positive duration: seconds, or like 90s, 10m, 12h, 3d")
+    relay = str(config.get("NOTIFY_RELAY", "1")).strip().lower()
+    if relay not in ("0", "1", "true", "false"):
+        problems.append("NOTIFY_RELAY must be 1 (the workers deliver notifications) or 0")
+    config["NOTIFY_RELAY"] = relay in ("1", "true")
+    return problems
+
+
+def is_standard_webhooks_secret(secret: str) -> bool:
+    """Whether `secret` is whsec_ and non-empty base64, as Standard Webhooks keys are."""
+    key = secret.removeprefix("whsec_")
+    if key == secret or not key:
+        return False
+    try:
+        return bool(base64.b64decode(key, validate=True))
+    except ValueError:
+        return False
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
+
+
+def duration_seconds(value) -> float:
+    """Seconds in "90", "2.5", "90s", "10m", "12h" or "3d" (a number passes through);
+    raises ValueError for anything else."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", str(value).strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like 90s, 10m, 2h or 1d")
+    return float(match[1]) * DURATION_UNITS[match[2]]
 
 
 def comma_list(value) -> list[str]:

@@ -121,6 +121,15 @@ def on_exit(server):
         shutil.rmtree(METRICS_DIR, ignore_errors=True)
 
 
+def post_worker_init(worker):
+    """Each worker delivers order notifications in a thread of its own (notifications.py),
+    started here, after the fork, so it runs as soon as the worker does."""
+    import notifications
+
+    if hasattr(worker.wsgi, "extensions"):  # the Flask app of wsgi:app
+        notifications.start_relay(worker.wsgi)
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 

@@ -2,17 +2,19 @@
 
 Under gunicorn every worker writes its samples to PROMETHEUS_MULTIPROC_DIR
 (gunicorn.conf.py sets it up) and a scrape adds them up, whichever worker
-answers. Orders by status are counted in the database at scrape time.
+answers. Orders by status and the notification outbox's backlog are read
+from the database at scrape time.
 """
 
 import os
+from datetime import UTC
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
-from models import Order, Status, db
+from models import Notification, NotificationStatus, Order, Status, db, utcnow
 
 CHECKOUTS = Counter("checkouts_total", "POST /api/checkout by result", ["result"])
 WEBHOOK_SIGNATURES = Counter("webhook_signatures_total", "Webhook deliveries by signature check", ["result"])
@@ -22,6 +24,9 @@ WEBHOOK_EVENT_VARIANTS = Counter(
 )
 REDIRECT_LOOKUPS_SKIPPED = Counter(
     "redirect_lookups_skipped_total", "Shopper redirects that did not ask Monime, by reason", ["reason"]
+)
+NOTIFICATION_DELIVERIES = Counter(
+    "notification_deliveries_total", "Attempts to deliver an order notification to NOTIFY_URL, by result", ["result"]
 )
 MONIME_LATENCY = Histogram(
     "monime_request_duration_seconds",
@@ -42,6 +47,27 @@ class OrdersByStatus:
         yield family
 
 
+class NotificationOutbox:
+    """The outbox's backlog, read from the database when scraped: how many notifications
+    wait to be delivered, and for how long the oldest has waited."""
+
+    def collect(self):
+        pending, oldest = db.session.execute(
+            select(func.count(), func.min(Notification.created_at)).where(
+                Notification.status == NotificationStatus.PENDING
+            )
+        ).one()
+        if oldest is not None and oldest.tzinfo is None:  # SQLite: stored as UTC, read without a zone
+            oldest = oldest.replace(tzinfo=UTC)
+        yield GaugeMetricFamily("notifications_pending", "Order notifications not yet delivered", value=pending)
+        age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+        yield GaugeMetricFamily(
+            "notifications_oldest_pending_age_seconds",
+            "How long the oldest undelivered notification has waited",
+            value=age,
+        )
+
+
 def exposition() -> tuple[bytes, str]:
     """The text a Prometheus scrape reads."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -51,4 +77,5 @@ def exposition() -> tuple[bytes, str]:
         counters = REGISTRY
     orders = CollectorRegistry(auto_describe=True)
     orders.register(OrdersByStatus())
+    orders.register(NotificationOutbox())
     return generate_latest(counters) + generate_latest(orders), CONTENT_TYPE_LATEST

@@ -7,7 +7,7 @@ from enum import StrEnum
 from functools import cache
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, ForeignKey, String, Text, event
+from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, ForeignKey, Index, String, Text, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -124,6 +124,34 @@ class WebhookEventVariant(db.Model):
     body_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex, of the UTF-8 body
     body: Mapped[str] = mapped_column(Text)  # the raw, verified request body
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"  # to be delivered (again) at next_attempt_at
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    DEAD = "dead"  # not delivered within NOTIFY_RETRY_FOR; `notifications redeliver` revives it
+
+
+class Notification(db.Model):
+    """The outbox: one row per order notification, inserted in the transaction that changed
+    the order (orders.py), delivered to NOTIFY_URL by the relay (notifications.py)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("notifications_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # msg_…, the webhook-id
+    type: Mapped[str] = mapped_column(String(32))  # order.completed, order.held, …
+    order_id: Mapped[str] = mapped_column(String(100), index=True)
+    body: Mapped[str] = mapped_column(Text)  # the JSON sent, fixed when written
+    status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retry_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # then dead: NOTIFY_RETRY_FOR
+    # A relay's claim: nobody else delivers it before then (a crashed relay's claim lapses).
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(String(255))
 
 
 def init_app(app) -> None:

@@ -13,6 +13,11 @@ completed, so the order ends the same whatever order the news arrives in.
 Every change is a single conditional UPDATE ... WHERE whose row count says
 whether it happened, so two workers can never both apply a transition, and a
 late, repeated or reordered report can never undo one. Callers commit.
+
+A change to completed, cancelled or expired, and a hold for review, also
+writes an order notification (notifications.enqueue) in the same transaction,
+right where its UPDATE succeeded: the shop hears of every change exactly when
+it is committed.
 """
 
 import hashlib
@@ -24,6 +29,7 @@ from datetime import timedelta
 
 from sqlalchemy import or_, select, update
 
+import notifications
 from models import CheckoutSession, Order, Outcome, Status, db, insert_unless_exists, utcnow
 from schemas import ORDER_ID_PATTERN
 
@@ -157,6 +163,7 @@ def apply(
             {"status": report.status},
             columns.status.in_(ENDS[report.status]),
             columns.checkout_session_id == report.session_id,
+            notify=f"order.{report.status}",
         )
         if ended:
             return Outcome.APPLIED, None
@@ -178,6 +185,7 @@ def _complete(order: Order, report: SessionReport, event_id: str | None) -> tupl
         order,
         {"status": Status.COMPLETED, "checkout_session_id": report.session_id},
         columns.status != Status.COMPLETED,
+        notify="order.completed",
     )
     if paid:
         return Outcome.APPLIED, None
@@ -206,13 +214,19 @@ def claim_lookup(order: Order, interval: float) -> bool:
 def hold(order: Order, reason: str, event_id: str | None) -> tuple[Outcome, str]:
     """Keep the order as it is and flag it for a person. The first reason stays;
     every held event keeps its own in the event log."""
-    _change(order, {"review_reason": reason[:255], "review_event_id": event_id}, columns.review_reason.is_(None))
+    values = {"review_reason": reason[:255], "review_event_id": event_id}
+    _change(order, values, columns.review_reason.is_(None), notify="order.held")
     return Outcome.HELD, reason
 
 
-def _change(order: Order, values: dict, *conditions) -> bool:
+def _change(order: Order, values: dict, *conditions, notify: str | None = None) -> bool:
+    """UPDATE the order with `values` where `conditions` hold; True when it changed. Then, in
+    the same transaction, the notification `notify` (e.g. "order.completed") is written."""
     statement = update(Order.__table__).where(columns.id == order.id, *conditions).values(**values, updated_at=utcnow())
-    return db.session.execute(statement).rowcount == 1
+    changed = db.session.execute(statement).rowcount == 1
+    if changed and notify:
+        notifications.enqueue(order.id, notify)
+    return changed
 
 
 def _money(amount: tuple[str, int] | None) -> str:

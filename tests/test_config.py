@@ -212,3 +212,37 @@ def test_redirects_may_ask_monime_ten_times_a_minute_per_client_by_default():
     config = from_environment(VALID)
     check(config, relaxed=False)
     assert config["RATELIMIT_REDIRECT_LOOKUPS"] == "10/minute"
+
+
+NOTIFY_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_order_notifications_are_off_by_default_and_configured_from_the_environment():
+    config = from_environment(VALID)
+    check(config, relaxed=False)
+    assert (config["NOTIFY_URL"], config["NOTIFY_SECRETS"], config["NOTIFY_RETRY_FOR"]) == ("", [], 3 * 86400)
+    config = from_environment(VALID | {"NOTIFY_URL": "https://shop.example/hooks", "NOTIFY_SECRET": NOTIFY_SECRET})
+    check(config, relaxed=False)
+    assert config["NOTIFY_SECRETS"] == [NOTIFY_SECRET] and config["NOTIFY_RELAY"] is True
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("3d", 259200), ("12h", 43200), ("90m", 5400), ("45", 45)])
+def test_notify_retry_for_is_a_duration(value, seconds):
+    config = from_environment(VALID | {"NOTIFY_RETRY_FOR": value})
+    check(config, relaxed=False)
+    assert config["NOTIFY_RETRY_FOR"] == seconds
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"NOTIFY_URL": "https://shop.example/hooks"}, "NOTIFY_SECRET is required when NOTIFY_URL is set"),
+        ({"NOTIFY_URL": "shop.example/hooks", "NOTIFY_SECRET": NOTIFY_SECRET}, "NOTIFY_URL must be an absolute"),
+        ({"NOTIFY_SECRET": "not-a-whsec"}, "NOTIFY_SECRET: secret 1 of 1 is not whsec_"),
+        ({"NOTIFY_SECRET": f"{NOTIFY_SECRET},whsec_no*base64"}, "NOTIFY_SECRET: secret 2 of 2 is not whsec_"),
+        ({"NOTIFY_RETRY_FOR": "3 days"}, "NOTIFY_RETRY_FOR must be a positive duration"),
+        ({"NOTIFY_RELAY": "maybe"}, "NOTIFY_RELAY must be 1"),
+    ],
+)
+def test_bad_notification_settings_are_named(changes, problem):
+    assert problem in refusal(**changes)
