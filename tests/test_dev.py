@@ -1,5 +1,5 @@
-"""`make dev` (scripts/dev): the service, the simulator and the storefront with one command,
-an order paid through them, in a browser's steps and in a browser, and all three stopped by
+"""`make dev` (scripts/dev): the service, the simulator, the storefront and the notification receiver,
+an order paid through them, in a browser's steps and in a browser, and all four stopped by
 Ctrl-C, also when it was started with SIGINT ignored."""
 
 import os
@@ -28,6 +28,7 @@ NOT_INHERITED = (
     "PUBLIC_BASE_URL",
     "DATABASE_URL",
     "DEV_SIGNALS",
+    "NOTIFY_",
 )
 
 
@@ -36,6 +37,7 @@ class Dev:
     service: str
     simulator: str
     storefront: str
+    receiver: str
     process: subprocess.Popen
     log: Path
     started: float  # time.monotonic() when scripts/dev was started
@@ -60,15 +62,15 @@ class Dev:
             return False
 
     def ctrl_c(self) -> None:
-        """What Ctrl-C in the terminal does: SIGINT to the whole process group; then all three
+        """What Ctrl-C in the terminal does: SIGINT to the whole process group; then all four
         are stopped and scripts/dev has exited."""
         os.killpg(self.process.pid, signal.SIGINT)
         self.assert_all_stopped()
 
     def assert_all_stopped(self) -> None:
-        """scripts/dev exits within 15 s, and none of the three answers any more."""
+        """scripts/dev exits within 15 s, and none of the four answers any more."""
         self.process.wait(timeout=15)
-        for address in (self.service, self.simulator, self.storefront):
+        for address in (self.service, self.simulator, self.storefront, self.receiver):
             with pytest.raises(requests.ConnectionError):
                 requests.get(address, timeout=2)
 
@@ -85,7 +87,7 @@ IGNORING_SIGINT = [
 def dev(request, tmp_path):
     """scripts/dev started in a session of its own on free ports; `@pytest.mark.parametrize("dev",
     ["sigint ignored"], indirect=True)` starts it with SIGINT ignored."""
-    ports = {"PORT": free_port(), "SIMULATOR_PORT": free_port(), "STOREFRONT_PORT": free_port()}
+    ports = {name: free_port() for name in ("PORT", "SIMULATOR_PORT", "STOREFRONT_PORT", "NOTIFY_PORT")}
     env = {key: value for key, value in os.environ.items() if not key.startswith(NOT_INHERITED)}
     env |= {name: str(port) for name, port in ports.items()} | {"DATABASE_URL": f"sqlite:///{tmp_path}/dev.sqlite3"}
     log = tmp_path / "dev.log"
@@ -101,16 +103,14 @@ def dev(request, tmp_path):
         )
     url = "http://127.0.0.1:{}".format
     try:
-        yield Dev(
-            url(ports["PORT"]), url(ports["SIMULATOR_PORT"]), url(ports["STOREFRONT_PORT"]), process, log, started
-        )
+        yield Dev(*(url(ports[name]) for name in ports), process, log, started)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
-def test_make_dev_serves_all_three_takes_a_payment_and_stops_them_on_ctrl_c(dev):
+def test_make_dev_serves_all_four_takes_a_payment_and_stops_them_on_ctrl_c(dev):
     dev.wait_until_ready()
     shop = requests.get(dev.storefront, timeout=10)
     assert "Salone Goods" in shop.text and 'src="/static/shop.js"' in shop.text
@@ -129,18 +129,23 @@ def test_make_dev_serves_all_three_takes_a_payment_and_stops_them_on_ctrl_c(dev)
     back = requests.get(paid.headers["Location"], allow_redirects=False, timeout=10)
     assert back.headers["Location"] == f"{dev.storefront}/checkout/success?orderId=ord_dev"
     assert requests.get(f"{dev.service}/api/orders/ord_dev", timeout=10).json()["status"] == "completed"
+    wait_for(  # the example receiver verified the order notification and printed it
+        lambda: "order.completed ord_dev completed" in dev.log.read_text(),
+        15,
+        lambda: f"the receiver to print the notification:\n{dev.log.read_text()[-3000:]}",
+    )
 
     dev.ctrl_c()
 
 
 @pytest.mark.parametrize("dev", ["sigint ignored"], indirect=True)
-def test_ctrl_c_stops_all_three_even_when_make_dev_was_started_with_sigint_ignored(dev):
+def test_ctrl_c_stops_all_four_even_when_make_dev_was_started_with_sigint_ignored(dev):
     dev.wait_until_ready()
     dev.ctrl_c()
     assert dev.process.returncode == 130, "scripts/dev ended by its own SIGINT trap"
 
 
-def test_sigterm_to_make_dev_alone_stops_all_three(dev):
+def test_sigterm_to_make_dev_alone_stops_all_four(dev):
     """As a process supervisor or `kill` stops it: scripts/dev's own pid, not its process group."""
     dev.wait_until_ready()
     dev.process.terminate()
