@@ -136,16 +136,21 @@ def refresh_on_return(order: Order, within_client_limit: Callable[[], bool]) -> 
     - "final": the order is completed, cancelled or expired. The webhook is
       authoritative and brings a late completion of a cancelled or expired
       session; reconcile, like this, looks only at pending orders.
-    - "client_limit": `within_client_limit()` (counting this lookup against
-      the client's RATELIMIT_REDIRECT_LOOKUPS) says no.
     - "recent": another redirect, in any worker, asked about the order less
-      than REDIRECT_LOOKUP_INTERVAL seconds ago (orders.claim_lookup).
+      than REDIRECT_LOOKUP_INTERVAL seconds ago (seen on the order as read, or
+      lost the race for its turn in orders.claim_lookup).
+    - "client_limit": `within_client_limit()` (counting this lookup against
+      the client's RATELIMIT_REDIRECT_LOOKUPS) says no. Only a hit that would
+      ask Monime is counted, so a shopper reloading the success page does not
+      use up the limit.
 
     Returns the reason it skipped (also counted in redirect_lookups_skipped_total),
     or None when it asked Monime. `reconcile` calls `refresh` directly, unrationed."""
     db.session.commit()  # end the read (it may be read_only()): nothing is held while the limit is asked
     if order.status != Status.PENDING:
         reason = "final"
+    elif not orders.lookup_due(order, REDIRECT_LOOKUP_INTERVAL):
+        reason = "recent"
     elif not within_client_limit():
         reason = "client_limit"
     else:

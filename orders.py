@@ -20,7 +20,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from sqlalchemy import or_, select, update
 
@@ -185,6 +185,18 @@ def _complete(order: Order, report: SessionReport, event_id: str | None) -> tupl
     if paid_by == report.session_id:
         return Outcome.UNCHANGED, "already completed"
     return hold(order, f"possible double payment: session {report.session_id} completed after {paid_by}", event_id)
+
+
+def lookup_due(order: Order, interval: float) -> bool:
+    """Whether the order, as read, is free to be looked up at Monime: never
+    looked up, or last more than `interval` seconds ago. A read only; the turn
+    itself is taken by `claim_lookup`."""
+    checked = order.checked_at
+    if checked is None:
+        return True
+    if checked.tzinfo is None:  # SQLite hands back naive datetimes; they are stored in UTC
+        checked = checked.replace(tzinfo=UTC)
+    return checked <= utcnow() - timedelta(seconds=interval)
 
 
 def claim_lookup(order: Order, interval: float) -> bool:

@@ -3,11 +3,13 @@
 import copy
 import json
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from werkzeug.serving import make_server
 
@@ -181,3 +183,35 @@ def serving(wsgi_app):
         server.shutdown()
         thread.join()
         server.server_close()
+
+
+# --- raw HTTP, for what a client library would not send ----------------------------------
+
+
+def exchange(url: str, request: bytes) -> tuple[int, bytes]:
+    """Send raw HTTP/1.1 bytes over a socket and read one answer by its Content-Length: the
+    connection stays open (so gunicorn drains what was not read, rather than resetting it)."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
+        connection.sendall(request)
+        answer = connection.makefile("rb")
+        status, length = int(answer.readline().split()[1]), 0
+        while (line := answer.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, answer.read(length)
+
+
+def chunked(path: str, body: bytes, **headers: str) -> bytes:
+    """A POST whose body is sent in 64 KiB chunks, without Content-Length, as a proxy or a
+    streaming client would."""
+    head = [f"POST {path} HTTP/1.1", "Host: checkout.test", "Transfer-Encoding: chunked"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    return (
+        "\r\n".join(head).encode()
+        + b"\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+        + b"0\r\n\r\n"
+    )

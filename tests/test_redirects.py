@@ -254,6 +254,19 @@ def test_past_the_per_client_limit_a_redirect_skips_its_lookup(app, database_url
     assert skipped - metric(before, "redirect_lookups_skipped_total", reason="client_limit") == 1
 
 
+def test_hits_that_would_not_ask_monime_do_not_use_up_the_clients_limit(database_url, simulator):
+    """A shopper reloading the success page of a pending order: only hits that ask count."""
+    limited = make_app(service_settings(database_url, simulator.url) | {"RATELIMIT_REDIRECT_LOOKUPS": "2/minute"})
+    client = limited.test_client()
+    reloaded, other = checkout(client), checkout(client)
+
+    responses = [back(client, "success", reloaded["orderId"]) for _ in range(5)]
+    responses.append(back(client, "success", other["orderId"]))
+
+    assert [r.status_code for r in responses] == [303] * 6
+    assert [lookups(simulator, body["sessionId"]) for body in (reloaded, other)] == [1, 1]
+
+
 def test_when_the_limit_store_is_down_redirects_still_ask_once_per_order(app, database_url, simulator):
     settings = {"RATELIMIT_STORAGE_URI": "redis://127.0.0.1:9/0", "RATELIMIT_REDIRECT_LOOKUPS": "1/minute"}
     client = make_app(service_settings(database_url, simulator.url) | settings).test_client()
