@@ -44,6 +44,7 @@ class SessionReport:
     amount: tuple[str, int] | None  # (currency, minor units); None when not known
     reference: str | None = None
     problem: str | None = None  # why the amount cannot be trusted (unreadable, unknown to Monime)
+    order_number: str | None = None  # Monime's orderNumber of a completion's payment, checked; None if not known
 
 
 def fingerprint(draft: dict) -> str:
@@ -176,7 +177,11 @@ def _complete(order: Order, report: SessionReport, event_id: str | None) -> tupl
         return hold(order, reason, event_id)
     paid = _change(
         order,
-        {"status": Status.COMPLETED, "checkout_session_id": report.session_id},
+        {
+            "status": Status.COMPLETED,
+            "checkout_session_id": report.session_id,
+            "monime_order_number": report.order_number,  # the paying session's: a later payment never replaces it
+        },
         columns.status != Status.COMPLETED,
     )
     if paid:

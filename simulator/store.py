@@ -129,13 +129,17 @@ class Store:
     def transition(
         self, session_id: str, status: str, force: bool = False, paid_with: str | None = None
     ) -> dict | None:
-        """Move a pending session to a final status; None if it is not pending (unless forced)."""
+        """Move a pending session to a final status; None if it is not pending (unless forced).
+        A completion gives the session its orderNumber, once (a forced repeat keeps it); a
+        session that is never paid keeps null."""
         with self.lock:
             session = self.sessions[session_id]
             if session["status"] != "pending" and not force:
                 return None
             session["status"] = status
             session["paymentMethod"] = paid_with or session.get("paymentMethod")
+            if status == "completed" and session["orderNumber"] is None:
+                session["orderNumber"] = new_order_number()
             return session
 
     def emit(self, session: dict, status: str, deliver: bool = True, wait: bool = True, url: str = "") -> dict:
@@ -154,6 +158,25 @@ class Store:
                 session["status"] = "expired"
         for session in overdue:
             self.emit(session, "expired", wait=False)
+
+
+# The payment's own reference, as Monime fills a checkout session's orderNumber once it is paid
+# (OpenAPI CheckoutSession.orderNumber: "internally generated order number that uniquely
+# identifies the payment"; null before). Monime publishes no sample value; what it does fix is
+# that an order number names a receipt, GET /v1/receipts/{orderNumber}, whose path parameter is a
+# string of at most 20 characters (OpenAPI RetrieveReceipt; monimejs ReceiptOrderNumberSchema,
+# spikenardco/monimejs src/schemas.js, checks the same). Monime's official plugin stores the
+# completion webhook's data.orderNumber as _monime_order_number (monimesl/Wp-Monime,
+# src/adaptors/WC/WcMonimeGateway.php) and shows it as the "Monime Transaction ID"
+# (src/adaptors/WC/WcAdapter.php). The simulator's: 12 upper-case letters and digits, readable
+# aloud by a shopper quoting a receipt.
+ORDER_NUMBER_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+ORDER_NUMBER_LENGTH = 12
+
+
+def new_order_number() -> str:
+    """A fresh orderNumber: ORDER_NUMBER_LENGTH characters of ORDER_NUMBER_ALPHABET."""
+    return "".join(secrets.choice(ORDER_NUMBER_ALPHABET) for _ in range(ORDER_NUMBER_LENGTH))
 
 
 def new_session(body: dict, base_url: str, lifetime: float) -> dict:

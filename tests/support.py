@@ -101,9 +101,11 @@ def signed_event(
     reference: str | None = None,
     line_items: list | None = None,
     event_id: str | None = None,
+    **data_fields,
 ) -> dict:
-    """A Monime event built by hand, for orders of arrival and contents the simulator would not produce."""
-    data = {"id": session_id, "status": name.rsplit(".", 1)[-1], "reference": reference}
+    """A Monime event built by hand, for orders of arrival and contents the simulator would not produce;
+    `data_fields` go into its data as they are (orderNumber=...)."""
+    data = {"id": session_id, "status": name.rsplit(".", 1)[-1], "reference": reference, **data_fields}
     if line_items is not None:
         data["lineItems"] = {"data": line_items}
     envelope = {

@@ -21,13 +21,15 @@ def back(api, page: str, order_id: str | None, method: str = "GET", **query):
 
 def test_success_before_the_webhook_confirms_with_monime_and_completes_the_order(api, simulator):
     body = checkout(api, orderId="ord_back")
-    simulator.complete(body["sessionId"], deliver=False)  # paid; the webhook has not arrived
+    paid = simulator.complete(body["sessionId"], deliver=False)["session"]  # paid; the webhook has not arrived
 
     response = back(api, "success", "ord_back")
 
     assert response.status_code == 303
     assert response.headers["Location"] == f"{APP_URL}/checkout/success?orderId=ord_back"
-    assert order(api, "ord_back")["status"] == "completed"
+    stored = order(api, "ord_back")
+    assert stored["status"] == "completed"
+    assert stored["orderNumber"] == paid["orderNumber"] is not None, "the lookup's order number is kept"
 
 
 def test_success_after_the_webhook_redirects_without_asking_monime(api, simulator):

@@ -326,6 +326,28 @@ def test_finishing_a_session_changes_its_status_and_returns_monimes_signed_event
         signatures.verify(event["body"].encode(), event["headers"][signatures.HEADER], ["whsec_another"])
 
 
+def test_a_completion_gives_the_session_monimes_order_number_once_and_an_unpaid_ending_none(simulator):
+    paid, cancelled, expired = (created(simulator, key=key) for key in ("key-paid", "key-cancelled", "key-expired"))
+    assert get(simulator, paid["id"]).json()["result"]["orderNumber"] is None, "null until paid (OpenAPI)"
+
+    completion = simulator.complete(paid["id"], deliver=False)
+    number = get(simulator, paid["id"]).json()["result"]["orderNumber"]
+
+    assert isinstance(number, str) and 1 <= len(number) <= 20, "a receipt's orderNumber is at most 20 characters"
+    assert (
+        json.loads(completion["event"]["body"])["data"]["orderNumber"] == number == completion["session"]["orderNumber"]
+    )
+    again = simulator.complete(paid["id"], deliver=False, force=True)["event"]
+    assert json.loads(again["body"])["data"]["orderNumber"] == number, "one payment, one order number"
+    for session, action in ((cancelled, "cancel"), (expired, "expire")):
+        ended = simulator.finish(session["id"], action, deliver=False)["event"]
+        assert json.loads(ended["body"])["data"]["orderNumber"] is None
+        assert get(simulator, session["id"]).json()["result"]["orderNumber"] is None
+    other = created(simulator, key="key-other")
+    simulator.complete(other["id"], deliver=False)
+    assert get(simulator, other["id"]).json()["result"]["orderNumber"] != number, "each payment has its own"
+
+
 def test_every_event_has_its_own_id(simulator):
     session = created(simulator)
     first = simulator.complete(session["id"], deliver=False)["event"]
@@ -671,6 +693,8 @@ def test_the_shoppers_choice_redirects_back_and_delivers_the_signed_webhook(simu
     envelope = json.loads(post["body"])
     assert envelope["event"]["name"] == f"checkout_session.{status}"
     assert envelope["object"]["id"] == session["id"]
+    assert envelope["data"]["orderNumber"] == get(simulator, session["id"]).json()["result"]["orderNumber"]
+    assert (envelope["data"]["orderNumber"] is not None) == (choice == "pay"), "paying gives the order number"
     signatures.verify(post["body"], post["headers"][signatures.HEADER], [simulator.webhook_secret])
     [delivery] = simulator.deliveries()
     assert answered(delivery) == {
