@@ -13,8 +13,9 @@ from werkzeug.serving import make_server
 
 from signatures import HEADER, sign
 
-WEBHOOK_SECRET = "whsec_test_current"
-PREVIOUS_WEBHOOK_SECRET = "whsec_test_previous"  # still accepted: a rotation in progress
+# Of Monime's shape: 32-256 characters (OpenAPI, Webhook verificationMethod.secret).
+WEBHOOK_SECRET = "whsec_test_current_0123456789abcdef0123456789"
+PREVIOUS_WEBHOOK_SECRET = "whsec_test_previous_0123456789abcdef012345678"  # still accepted: a rotation in progress
 PUBLIC_BASE_URL = "http://checkout.test"
 APP_URL = "https://shop.example"
 WEBHOOK_PATH = "/api/webhooks/monime"
