@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import secrets
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import pytest
 from werkzeug.serving import make_server
 
 from signatures import HEADER, sign
@@ -35,6 +37,15 @@ def wait_for(predicate: Callable, timeout: float, message: str | Callable[[], st
             raise AssertionError(f"waited {timeout:g} s for: {text}")
         time.sleep(interval)  # polling, bounded by the deadline above
     return result
+
+
+def require(problem: str | None, tests: str, remedy: str) -> None:
+    """Go on if `problem` is None. Otherwise the test fails under CI=true, where nothing may skip,
+    and elsewhere skips loudly: "<TESTS> DID NOT RUN: <problem> (<remedy>)"."""
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and the {tests} cannot run: {problem}", pytrace=False)
+    if problem:
+        pytest.skip(f"{tests.upper()} DID NOT RUN: {problem} ({remedy})")
 
 
 def new_order_id() -> str:
