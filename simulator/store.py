@@ -2,6 +2,7 @@
 the outbox of webhook events."""
 
 import hashlib
+import itertools
 import json
 import secrets
 import threading
@@ -13,7 +14,8 @@ from simulator import webhooks
 from simulator.settings import Settings
 from simulator.webhooks import Outbox
 
-PRIVATE = ("callbackState", "paymentOptions", "paymentMethod", "expiresAt")  # never shown by the API
+# never shown by the API
+PRIVATE = ("callbackState", "paymentOptions", "paymentMethod", "expiresAt", "sequence")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Store:
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
     idle: threading.Condition = field(default_factory=threading.Condition)
+    sequence: itertools.count = field(default_factory=lambda: itertools.count(1))  # creation order; never reset
     outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +53,7 @@ class Store:
     def configure(self, options: dict) -> Settings:
         """Change settings while running; ValueError for an unknown one or a bad value."""
         self.outbox.settings = self.settings.updated(options)
+        self.settings.warn()
         return self.settings
 
     def enter(self) -> None:
@@ -115,9 +119,19 @@ class Store:
                 known_digest, session_id = self.idempotency[key]
                 return (self.sessions[session_id], False) if known_digest == digest else (None, False)
             session = new_session(body, base_url, self.settings.session_lifetime)
+            session["sequence"] = next(self.sequence)
             self.sessions[session["id"]] = session
             self.idempotency[key] = (digest, session["id"])
             return session, True
+
+    def page(self, limit: int, after: int = 0) -> tuple[list[dict], int | None]:
+        """Up to `limit` sessions made after the one numbered `after` (0: from the first), in the
+        order they were made, and the number of the last one shown if more follow, else None.
+        Sessions made or deleted while a client pages move no other one: none is skipped or repeated."""
+        with self.lock:
+            later = [s for s in self.sessions.values() if s["sequence"] > after]
+        shown = later[:limit]
+        return shown, (shown[-1]["sequence"] if len(later) > limit else None)
 
     def delete_session(self, session_id: str) -> None:
         """Forget a session and the keys that made it: replaying that create makes a new one."""
