@@ -198,7 +198,7 @@ def test_the_same_key_with_another_body_is_a_409_and_makes_nothing(simulator):
 
     response = create(simulator, body_with(name="Another order"), key="key-conflict")
 
-    monime_error(response, 409, "idempotency_conflict")
+    monime_error(response, 409, "idempotency_key_in_use")
     assert simulator.sessions() == [first]
 
 
