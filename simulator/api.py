@@ -18,6 +18,7 @@ SESSIONS = "/v1/checkout-sessions"
 VERSIONS = [v for v in openapi.parameter(SESSIONS, "post", "Monime-Version")["enum"] if v is not None]
 LIMIT = openapi.parameter(SESSIONS, "get", "limit")  # {"minimum": 1, "maximum": 50, "default": 10}
 CURSOR = openapi.parameter(SESSIONS, "get", "after")  # {"maxLength": 2000}
+IDEMPOTENCY_IN_FLIGHT = "idempotency_request_in_progress"  # see create_checkout_session
 
 
 def store():
@@ -46,7 +47,7 @@ def record_authenticate_and_misbehave():
     if delay:
         time.sleep(delay)
     if store().take_fault("fail"):
-        return error(store().faults.fail_status, "unavailable", "The simulator was told to fail this request.")
+        return failure(store().faults)
     if request.headers.get("Authorization") != f"Bearer {current_app.config['ACCESS_TOKEN']}":
         return error(401, "unauthenticated", "The access token is missing or invalid.")
     space = request.headers.get("Monime-Space-Id", "")
@@ -58,6 +59,22 @@ def record_authenticate_and_misbehave():
     if space != current_app.config["SPACE_ID"]:
         return error(403, "forbidden", "The access token has no access to this space.")
     return None
+
+
+def failure(faults):
+    """The answer of the fail fault: its status, with Retry-After on a 429 or 503 and
+    Monime-Rate-Limit on a 429, the headers Monime's "Standard headers" page names and both
+    of its SDKs read (monimejs src/http-client.js #parse_retry_after, monime-go transport.go
+    parseRetryAfter and docs/api-contract-caph-2025-08-23.md: seconds or an HTTP date)."""
+    status, headers = faults.fail_status, {}
+    if status in (429, 503) and faults.retry_after is not None:
+        headers["Retry-After"] = str(faults.retry_after)
+    if status == 429:
+        headers["Monime-Rate-Limit"] = faults.rate_limit
+        body, _ = error(429, "rate_limit_exceeded", "Too many requests: the simulator was told to refuse this one.")
+    else:
+        body, _ = error(status, "unavailable", "The simulator was told to fail this request.")
+    return body, status, headers
 
 
 @bp.teardown_request
@@ -112,9 +129,16 @@ def create_checkout_session():
     problems = openapi.errors(openapi.CREATE_SESSION, body)
     if problems:
         return error(400, "validation_failed", "The request body is invalid.", problems)
-    session, _created = store().create_session(body, key, request.host_url)
-    if session is None:
-        return error(409, "idempotency_conflict", "This Idempotency-Key was used with a different request body.")
+    outcome, session = store().create_session(body, key, request.host_url)
+    # Monime's reason for a key reused with another URL or body is idempotency_key_in_use
+    # (docs.monime.io developer-resources/api-basics/idempotency; monime-go's
+    # docs/api-contract-caph-2025-08-23.md). Neither names one for a key whose first request
+    # is still being made; the IETF Idempotency-Key draft answers that 409 too, so the
+    # simulator names it IDEMPOTENCY_IN_FLIGHT, the one 409 monime.py asks again after.
+    if outcome == "in_use":
+        return error(409, "idempotency_key_in_use", "This Idempotency-Key was used with a different request.")
+    if outcome == "in_flight":
+        return error(409, IDEMPOTENCY_IN_FLIGHT, "A request with this Idempotency-Key is still being processed.")
     return ok(public(session))  # Monime answers 200 for a new and a replayed create alike
 
 

@@ -24,6 +24,11 @@ class Faults:
     slow: int = 0  # ... to the next N API requests; 0 means to every one
     fail: int = 0  # the next N API requests answer fail_status without doing anything
     fail_status: int = 503
+    # On a 429 or 503 fail: Retry-After, whole seconds or an HTTP date (None: no header), and,
+    # on a 429, Monime-Rate-Limit naming the limit hit (Monime's "Standard headers" page).
+    retry_after: int | str | None = 1
+    rate_limit: str = "space-requests-per-second"
+    in_flight: float = 0.0  # seconds each create holds its Idempotency-Key; the same key meanwhile: 409
     drop: int = 0  # the next N API requests are carried out, then the connection is closed unanswered
     trickle: float = 0.0  # seconds between bytes: an API answer dribbles out one byte at a time...
     trickled: int = 0  # ... for the next N API requests; 0 means for every one
@@ -35,6 +40,7 @@ class Store:
     defaults: Settings = field(default_factory=Settings)  # what a reset returns to
     sessions: dict = field(default_factory=dict)
     idempotency: dict = field(default_factory=dict)  # key -> (body hash, session id)
+    making: dict = field(default_factory=dict)  # key -> body hash, of a create still being made
     requests: list = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -73,6 +79,7 @@ class Store:
         with self.lock:
             self.sessions.clear()
             self.idempotency.clear()
+            self.making.clear()
             self.requests.clear()
             self.faults = Faults()
         self.outbox.settings = self.defaults
@@ -111,18 +118,37 @@ class Store:
                 setattr(self.faults, kind, left - 1)
             return left > 0
 
-    def create_session(self, body: dict, key: str, base_url: str) -> tuple[dict | None, bool]:
-        """(session, created). (None, False) when the key was used for another body."""
+    def create_session(self, body: dict, key: str, base_url: str) -> tuple[str, dict | None]:
+        """(outcome, session): ("created", new) or ("replayed", the key's session);
+        ("in_use", None) when the key was used with another body; ("in_flight", None) when a
+        create with this key and body is still being made, which only the in_flight fault makes
+        last long enough to be met: the create then holds its key for that many seconds."""
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         with self.lock:
             if key in self.idempotency:
                 known_digest, session_id = self.idempotency[key]
-                return (self.sessions[session_id], False) if known_digest == digest else (None, False)
-            session = new_session(body, base_url, self.settings.session_lifetime)
-            session["sequence"] = next(self.sequence)
-            self.sessions[session["id"]] = session
-            self.idempotency[key] = (digest, session["id"])
-            return session, True
+                return ("replayed", self.sessions[session_id]) if known_digest == digest else ("in_use", None)
+            if key in self.making:
+                return ("in_flight", None) if self.making[key] == digest else ("in_use", None)
+            processing = self.faults.in_flight
+            if not processing:
+                return "created", self._made(body, key, digest, base_url)
+            self.making[key] = digest
+        try:
+            time.sleep(processing)  # the fault: Monime is still making the session, its key held
+            with self.lock:
+                return "created", self._made(body, key, digest, base_url)
+        finally:
+            with self.lock:
+                self.making.pop(key, None)
+
+    def _made(self, body: dict, key: str, digest: str, base_url: str) -> dict:
+        """A new session, kept with its key; called with the lock held."""
+        session = new_session(body, base_url, self.settings.session_lifetime)
+        session["sequence"] = next(self.sequence)
+        self.sessions[session["id"]] = session
+        self.idempotency[key] = (digest, session["id"])
+        return session
 
     def page(self, limit: int, after: int = 0) -> tuple[list[dict], int | None]:
         """Up to `limit` sessions made after the one numbered `after` (0: from the first), in the
