@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 dev: install
 	scripts/dev
 
-test: install browser-tools proxy-tools
+test: install browser-tools proxy-tools interop-tools
 	$(BIN)/pytest
 
 # Debian's Chromium for the browser tests (Playwright drives it; its own browser download is
@@ -35,6 +35,15 @@ browser-tools:
 proxy-tools:
 	@test -x /usr/sbin/nginx || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx) \
 		|| echo "!! could not install nginx: the proxy tests will not run"
+
+# Debian's node and npm, and monime-package from the npm registry at the version tests/interop/package-lock.json pins, for
+# tests/test_interop.py. Without node and npm those tests skip loudly; under CI=true they fail.
+.PHONY: interop-tools
+interop-tools:
+	@command -v npm >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm) \
+		|| echo "!! could not install node and npm: the interop tests will not run"
+	@(cd tests/interop && npm ci --no-audit --no-fund --loglevel=error) \
+		|| echo "!! could not install monime-package with npm: the interop tests will not run"
 
 bench: install
 	bench/run

@@ -65,6 +65,8 @@ def show(order_id: str) -> None:
         raise click.ClickException(f"no order {order_id!r}")
     click.echo(f"order {order.id} [{order.status}] {order.currency} {order.amount} {order.name!r}")
     click.echo(f"  created {order.created_at:%Y-%m-%d %H:%M:%S}, updated {order.updated_at:%Y-%m-%d %H:%M:%S}")
+    if order.monime_order_number:
+        click.echo(f"  Monime order number {order.monime_order_number}")
     if order.review_reason:
         click.echo(f"  held for review: {order.review_reason} (event {order.review_event_id or '-'})")
     sessions = db.session.scalars(select(CheckoutSession).where(CheckoutSession.order_id == order.id)).all()

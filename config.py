@@ -6,6 +6,7 @@ refuses to start with one clear error naming everything that is wrong.
 
 import base64
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -140,7 +141,7 @@ def check(config: dict, *, relaxed: bool) -> None:
     ):
         try:
             config[name] = float(config[name])
-            if config[name] <= 0:
+            if not (math.isfinite(config[name]) and config[name] > 0):  # nan and inf would switch a limit off
                 raise ValueError
         except (TypeError, ValueError):
             problems.append(f"{name} must be a positive number of seconds")

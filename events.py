@@ -23,6 +23,7 @@ import monime
 import orders
 from metrics import REDIRECT_LOOKUPS_SKIPPED, WEBHOOK_EVENT_VARIANTS
 from models import (
+    MONIME_ORDER_NUMBER_LENGTH,
     CheckoutSession,
     Order,
     Outcome,
@@ -106,7 +107,7 @@ def refresh(order_id: str, dry_run: bool = False) -> Outcome | None:
     order = orders.reload(order_id)
     if order.status == Status.COMPLETED or not order.checkout_session_id:
         return None
-    session_id = order.checkout_session_id
+    session_id, report = order.checkout_session_id, None
     db.session.commit()  # no transaction is held while Monime is asked
     try:
         session = monime.client().get_session(session_id)
@@ -116,7 +117,7 @@ def refresh(order_id: str, dry_run: bool = False) -> Outcome | None:
         log.warning("session lookup failed", extra={"data": {"orderId": order_id, "error": str(exc)}})
         return Outcome.FAILED
     else:
-        report = SessionReport(session_id, session.get("status"), *_amount(session))
+        report = _looked_up(SessionReport(session_id, session.get("status"), None), session)
         outcome, detail = orders.apply(orders.reload(order_id), report)
     if dry_run:
         db.session.rollback()
@@ -124,7 +125,15 @@ def refresh(order_id: str, dry_run: bool = False) -> Outcome | None:
         db.session.commit()
     log.info(
         "order refreshed from Monime",
-        extra={"data": {"orderId": order_id, "outcome": outcome, "detail": detail, "dryRun": dry_run}},
+        extra={
+            "data": {
+                "orderId": order_id,
+                "outcome": outcome,
+                "detail": detail,
+                "dryRun": dry_run,
+                "orderNumber": report and report.order_number,
+            }
+        },
     )
     return outcome
 
@@ -136,16 +145,21 @@ def refresh_on_return(order: Order, within_client_limit: Callable[[], bool]) -> 
     - "final": the order is completed, cancelled or expired. The webhook is
       authoritative and brings a late completion of a cancelled or expired
       session; reconcile, like this, looks only at pending orders.
-    - "client_limit": `within_client_limit()` (counting this lookup against
-      the client's RATELIMIT_REDIRECT_LOOKUPS) says no.
     - "recent": another redirect, in any worker, asked about the order less
-      than REDIRECT_LOOKUP_INTERVAL seconds ago (orders.claim_lookup).
+      than REDIRECT_LOOKUP_INTERVAL seconds ago (seen on the order as read, or
+      lost the race for its turn in orders.claim_lookup).
+    - "client_limit": `within_client_limit()` (counting this lookup against
+      the client's RATELIMIT_REDIRECT_LOOKUPS) says no. Only a hit that would
+      ask Monime is counted, so a shopper reloading the success page does not
+      use up the limit.
 
     Returns the reason it skipped (also counted in redirect_lookups_skipped_total),
     or None when it asked Monime. `reconcile` calls `refresh` directly, unrationed."""
     db.session.commit()  # end the read (it may be read_only()): nothing is held while the limit is asked
     if order.status != Status.PENDING:
         reason = "final"
+    elif not orders.lookup_due(order, REDIRECT_LOOKUP_INTERVAL):
+        reason = "recent"
     elif not within_client_limit():
         reason = "client_limit"
     else:
@@ -188,17 +202,40 @@ def _report_from(envelope: dict) -> SessionReport | None:
     session_id = (
         ref.get("id") if ref.get("type") == "checkout_session" and ref.get("id") else identifier(data.get("id"))
     )
-    amount, problem = _amount(data) if status == Status.COMPLETED else (None, None)  # only a completion's matters
-    return SessionReport(str(session_id or ""), status, amount, identifier(data.get("reference")), problem)
+    session_id = str(session_id or "")
+    if status != Status.COMPLETED:  # only a completion's amount and orderNumber matter
+        return SessionReport(session_id, status, None, identifier(data.get("reference")))
+    amount, problem = _amount(data)
+    number = order_number(data.get("orderNumber"), session_id)
+    return SessionReport(session_id, status, amount, identifier(data.get("reference")), problem, number)
 
 
-def identifier(value) -> str | None:
-    """An id from an event's data, if it can be one (a short string the database can store)."""
+def identifier(value, max_length: int = 255) -> str | None:
+    """An id from an event's data, if it can be one: a string of 1 to `max_length` characters the
+    database can store."""
     try:
         storable(value)
     except (ValidationError, AttributeError):
         return None
-    return value if 0 < len(value) <= 255 else None
+    return value if 0 < len(value) <= max_length else None
+
+
+def order_number(value, session_id: str) -> str | None:
+    """Monime's orderNumber of a paid session (from an event's data or a lookup), if it can be
+    one: a printable string of at most MONIME_ORDER_NUMBER_LENGTH characters the database can
+    store. None for null; anything else is untrusted input, logged (its type and size, never the
+    value) and ignored: it never fails the event."""
+    if value is None:
+        return None
+    number = identifier(value, MONIME_ORDER_NUMBER_LENGTH)
+    if number is not None and number.isprintable():
+        return number
+    size = len(value) if isinstance(value, str | list | dict) else None
+    log.warning(
+        "Monime's orderNumber ignored: not a short printable string",
+        extra={"data": {"sessionId": session_id, "type": type(value).__name__, "length": size}},
+    )
+    return None
 
 
 def _confirm_amount(report: SessionReport) -> SessionReport:
@@ -213,8 +250,15 @@ def _confirm_amount(report: SessionReport) -> SessionReport:
         return replace(report, problem="Monime does not know the completed session")
     except monime.MonimeError as exc:  # 5xx, 401/403 and timeouts alike: try again later
         raise VerificationUnavailable(f"the completion could not be confirmed with Monime: {exc}") from exc
+    return _looked_up(report, session)
+
+
+def _looked_up(report: SessionReport, session: dict) -> SessionReport:
+    """`report` with what Monime's lookup of its session (the API's CheckoutSession) says of the
+    amount and the orderNumber; the report's own orderNumber stays when the lookup has none."""
     amount, problem = _amount(session)
-    return replace(report, amount=amount, problem=problem)
+    number = order_number(session.get("orderNumber"), report.session_id) or report.order_number
+    return replace(report, amount=amount, problem=problem, order_number=number)
 
 
 def _amount(session: dict) -> tuple[tuple[str, int] | None, str | None]:
@@ -242,7 +286,8 @@ def _process(event_id, name, body, report) -> Receipt:
     )
     db.session.commit()
     logs.bind(orderId=order and order.id)
-    log.info("webhook event processed", extra={"data": {"event": name, "outcome": outcome}})
+    data = {"event": name, "outcome": outcome, "orderNumber": report and report.order_number}
+    log.info("webhook event processed", extra={"data": data})
     return Receipt(event_id, outcome, detail)
 
 

@@ -5,6 +5,7 @@ same file serves the container, the tests and the benchmarks.
 """
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 
+
 # Slow clients. The gthread worker gives a connection a thread only once its
 # first bytes arrive, but then the thread reads the request as slowly as the
 # client sends it: seventy clients trickling webhook bodies held every thread
@@ -42,28 +44,40 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # client still holds its thread until then: a buffering reverse proxy in front
 # (deploy/nginx.conf) is the real defence, this the backstop when a request
 # reaches gunicorn directly. 10 s carries the largest body (1 MiB) at 0.8 Mbit/s.
-client_timeout = float(os.environ.get("GUNICORN_CLIENT_TIMEOUT", "10"))
+def positive_seconds(name: str, default: str) -> float:
+    """The environment variable `name` as a finite number of seconds above 0;
+    SystemExit naming it otherwise (gunicorn then stops with that one line)."""
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise SystemExit(f"Invalid configuration: {name} must be a positive number of seconds")
+    return value
+
+
+client_timeout = positive_seconds("GUNICORN_CLIENT_TIMEOUT", "10")
 
 
 class BodyDeadline:
     """The socket gunicorn reads a request's body from, with a deadline
     (time.monotonic() seconds): no read waits past it, and once it has passed a
-    read returns b"" (end of stream) and marks the request to close its
-    connection. `deadline = None` reads without one (the next request's headers)."""
+    read returns only what has already arrived, or b"" (end of stream) when
+    nothing has, and marks the request to close its connection. `deadline =
+    None` reads without one (the next request's headers)."""
 
     def __init__(self, sock, req):
         self.sock, self.req, self.deadline = sock, req, None
 
     def recv(self, size: int) -> bytes:
+        """Up to `size` bytes, as socket.recv, waiting at most until the deadline
+        (past it, a non-blocking read: a body that arrived in time is never lost)."""
         if self.deadline is None:
             return self.sock.recv(size)
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            return self._cut()
-        self.sock.settimeout(remaining)
+        self.sock.settimeout(max(self.deadline - time.monotonic(), 0.0))
         try:
             return self.sock.recv(size)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # waited until the deadline / nothing waiting past it
             return self._cut()
         finally:
             self.sock.settimeout(None)  # writing the response is not bounded here

@@ -24,6 +24,10 @@ db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 # 503. The Dockerfile's HEALTHCHECK --timeout stays above it.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
+# Room for Monime's orderNumber: a receipt's is at most 20 characters (OpenAPI RetrieveReceipt),
+# kept with a margin in case Monime lengthens it.
+MONIME_ORDER_NUMBER_LENGTH = 64
+
 
 class Status(StrEnum):
     """Monime's own checkout-session vocabulary."""
@@ -70,6 +74,9 @@ class Order(db.Model):
     idempotency_key: Mapped[str] = mapped_column(String(64))
     # The current session; once completed, the session that paid.
     checkout_session_id: Mapped[str | None] = mapped_column(String(255))
+    # Monime's orderNumber of the payment that completed the order (its receipts are keyed by it);
+    # null until a completion brings one (events.order_number checks it).
+    monime_order_number: Mapped[str | None] = mapped_column(String(MONIME_ORDER_NUMBER_LENGTH))
     review_reason: Mapped[str | None] = mapped_column(String(255))
     review_event_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

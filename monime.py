@@ -1,8 +1,11 @@
 """Monime API client: the only place that talks to Monime.
 
 Timeouts and the retry policy live here. A create is retried on timeouts,
-connection errors and 5xx with the SAME Idempotency-Key, so Monime makes at
-most one session however often we ask, until a total deadline passes.
+connection errors, 429, 5xx and a 409 saying its key's first request is still
+in flight, with the SAME Idempotency-Key, so Monime makes at most one session
+however often we ask, until a total deadline passes. Between attempts it waits
+what Monime's Retry-After asks, else backs off; a Retry-After that reaches past
+the deadline ends the call at once.
 Failures come out as typed errors that the HTTP layer maps to status codes;
 none of them carries the access token.
 
@@ -13,11 +16,13 @@ would otherwise hold a call, and the thread making it, for as long as it likes.
 """
 
 import contextlib
+import email.utils
 import itertools
 import random
 import socket
 import threading
 import time
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import requests
@@ -32,6 +37,12 @@ RETRYABLE_STATUSES = {429, 500, 502, 503, 504}
 FIRST_BACKOFF = 0.1  # seconds; doubles per retry, with jitter
 MAX_BACKOFF = 2.0
 MIN_ATTEMPT = 0.1  # seconds: an attempt with less time than this could only time out
+# The 409 reason of a create whose Idempotency-Key's first request Monime is still making:
+# asked again with the same key, as the IETF Idempotency-Key draft says to. Monime documents
+# 409 idempotency_key_in_use for a key reused with another URL or body (docs.monime.io
+# developer-resources/api-basics/idempotency; monime-go docs/api-contract-caph-2025-08-23.md),
+# a rejection, and no reason for a request in flight: this one is the simulator's.
+IDEMPOTENCY_IN_FLIGHT = "idempotency_request_in_progress"
 
 
 class MonimeError(Exception):
@@ -252,24 +263,30 @@ class MonimeClient:
 
     def _call(self, operation: str, method: str, path: str, *, deadline: float, **kwargs) -> dict:
         """Attempt until an answer, a 4xx, or the deadline (seconds, a hard total across attempts),
-        whichever comes first. Raises MonimeRejected (4xx), MonimeTimeout or MonimeUnavailable."""
+        whichever comes first, waiting between attempts what Monime's Retry-After asks (else
+        backing off). Raises MonimeRejected (4xx), MonimeTimeout or MonimeUnavailable, the
+        last at once when Monime asks for a wait that would end past the deadline."""
         with Deadline(deadline) as budget:
             for attempt in itertools.count():
                 remaining = max(budget.remaining(), 0.001)
                 timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
-                response, failure = self._attempt(operation, method, path, timeout, budget, **kwargs)
+                response, failure, asked = self._attempt(operation, method, path, timeout, budget, **kwargs)
                 if response is not None:
                     return self._result(response)
-                pause = _backoff(attempt)
+                pause = asked or _backoff(attempt)
                 if budget.expired or budget.remaining() < pause + MIN_ATTEMPT:  # no time for a real attempt
+                    if asked:
+                        raise MonimeUnavailable(f"{failure} and asked for {asked:.1f} s, past the deadline")
                     raise failure
                 time.sleep(pause)
 
     def _attempt(
         self, operation, method, path, timeout, budget: Deadline, **kwargs
-    ) -> tuple[requests.Response | None, MonimeError]:
-        """One HTTP request, timed: the response, or the failure worth retrying. A 4xx is raised.
-        Whatever an attempt cut by the deadline got, it is a MonimeTimeout."""
+    ) -> tuple[requests.Response | None, MonimeError | None, float | None]:
+        """One HTTP request, timed: (the response, None, None), or (None, the failure worth
+        retrying, the seconds Monime's Retry-After asks to wait or None). A 4xx other than a
+        429 or a 409 for a request still in flight is raised. Whatever an attempt cut by the
+        deadline got, it is a MonimeTimeout."""
         started = time.perf_counter()
         response, failure = None, None
         try:
@@ -284,12 +301,18 @@ class MonimeClient:
             failure = MonimeTimeout(f"Monime did not answer within the {budget.seconds:.1f} s budget")
         MONIME_LATENCY.labels(operation, result).observe(time.perf_counter() - started)
         if response is None:
-            return None, failure
+            return None, failure, None
         if response.status_code in RETRYABLE_STATUSES:
-            return None, MonimeUnavailable(f"Monime answered {response.status_code}")
+            limit = response.headers.get("Monime-Rate-Limit")
+            named = f" (rate limit {self._redact(limit)[:100]})" if limit else ""
+            return None, MonimeUnavailable(f"Monime answered {response.status_code}{named}"), retry_after(response)
         if response.status_code >= 400:
-            raise self._rejection(response)
-        return response, None
+            rejection = self._rejection(response)
+            if (rejection.status, rejection.reason) != (409, IDEMPOTENCY_IN_FLIGHT):
+                raise rejection
+            failure = MonimeUnavailable("Monime was still making the answer to this Idempotency-Key (409)")
+            return None, failure, retry_after(response)
+        return response, None, None
 
     def _result(self, response: requests.Response) -> dict:
         try:
@@ -312,6 +335,23 @@ class MonimeClient:
     def _redact(self, text: str) -> str:
         """Whatever Monime echoes back, the token never leaves this module."""
         return text.replace(self._token, "[redacted]") if self._token else text
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """The seconds Monime's Retry-After asks us to wait: whole seconds or an HTTP date (RFC 9110
+    section 10.2.3), read as both Monime SDKs read it (monimejs src/http-client.js
+    #parse_retry_after, monime-go transport.go parseRetryAfter). None when there is none,
+    it cannot be read, or it asks for no wait (a date past): the caller then backs off."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isascii() and value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when.replace(tzinfo=when.tzinfo or UTC) - datetime.now(UTC)).total_seconds()
+    return seconds if seconds > 0 else None
 
 
 def _backoff(attempt: int) -> float:

@@ -25,7 +25,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from sqlalchemy import or_, select, update
 
@@ -50,6 +50,7 @@ class SessionReport:
     amount: tuple[str, int] | None  # (currency, minor units); None when not known
     reference: str | None = None
     problem: str | None = None  # why the amount cannot be trusted (unreadable, unknown to Monime)
+    order_number: str | None = None  # Monime's orderNumber of a completion's payment, checked; None if not known
 
 
 def fingerprint(draft: dict) -> str:
@@ -183,7 +184,11 @@ def _complete(order: Order, report: SessionReport, event_id: str | None) -> tupl
         return hold(order, reason, event_id)
     paid = _change(
         order,
-        {"status": Status.COMPLETED, "checkout_session_id": report.session_id},
+        {
+            "status": Status.COMPLETED,
+            "checkout_session_id": report.session_id,
+            "monime_order_number": report.order_number,  # the paying session's: a later payment never replaces it
+        },
         columns.status != Status.COMPLETED,
         notify="order.completed",
     )
@@ -193,6 +198,18 @@ def _complete(order: Order, report: SessionReport, event_id: str | None) -> tupl
     if paid_by == report.session_id:
         return Outcome.UNCHANGED, "already completed"
     return hold(order, f"possible double payment: session {report.session_id} completed after {paid_by}", event_id)
+
+
+def lookup_due(order: Order, interval: float) -> bool:
+    """Whether the order, as read, is free to be looked up at Monime: never
+    looked up, or last more than `interval` seconds ago. A read only; the turn
+    itself is taken by `claim_lookup`."""
+    checked = order.checked_at
+    if checked is None:
+        return True
+    if checked.tzinfo is None:  # SQLite hands back naive datetimes; they are stored in UTC
+        checked = checked.replace(tzinfo=UTC)
+    return checked <= utcnow() - timedelta(seconds=interval)
 
 
 def claim_lookup(order: Order, interval: float) -> bool:

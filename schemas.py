@@ -221,6 +221,15 @@ class OrderSchema(Schema):
     status = fields.String(required=True, validate=validate.OneOf([status.value for status in Status]))
     amount = fields.Nested(MoneySchema, attribute="money", required=True)
     checkoutSessionId = fields.String(attribute="checkout_session_id", allow_none=True, required=True)
+    orderNumber = fields.String(
+        attribute="monime_order_number",
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "Monime's order number of the payment that completed the order, as on Monime's "
+            "receipts (GET /v1/receipts/{orderNumber}); null until a completion brings one"
+        },
+    )
     name = fields.String(required=True)
     lineItems = fields.List(fields.Nested(LineItemSchema), attribute="line_items", required=True)
     review = fields.Nested(ReviewSchema, allow_none=True, required=True, metadata={"description": "held for a person"})

@@ -60,18 +60,21 @@ class Request(FlaskRequest):
     checkout fails as bad JSON. One more byte from the client tells them apart.
 
     A chunked body gunicorn cannot take apart (a chunk size that is not hex) raises gunicorn's
-    ParseException from the read: a 400, not a 500. (Werkzeug turns a server's OSError into a 400.)
+    ParseException from the read, and a body the client stopped sending (cut by gunicorn.conf.py's
+    body deadline) an OSError: either is a 400, not a 500, also when it happens on the extra byte.
     """
 
     def get_data(self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False):
         """As Flask's; raises RequestEntityTooLarge (413) when the body is over `max_content_length`
-        bytes, BadRequest (400) when its chunked framing is broken."""
+        bytes, BadRequest (400) when its chunked framing is broken or it ends before it is whole."""
+        limit = self.max_content_length
         try:
             data = super().get_data(cache=cache, as_text=False, parse_form_data=parse_form_data)
-        except ParseException as exc:
+            at_limit = self.content_length is None and limit is not None and len(data) >= limit
+            over = at_limit and self.input_stream.read(1)
+        except (ParseException, OSError) as exc:  # broken framing, or the body cut short (gunicorn's NoMoreData)
             raise BadRequest(f"The request body cannot be read: {exc}.") from None
-        limit = self.max_content_length
-        if self.content_length is None and limit is not None and len(data) >= limit and self.input_stream.read(1):
+        if over:
             raise RequestEntityTooLarge()
         return data.decode(errors="replace") if as_text else data
 

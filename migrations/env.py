@@ -1,9 +1,10 @@
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from logging.config import fileConfig
 
 from flask import current_app
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from alembic import context
 
@@ -21,29 +22,38 @@ logger = logging.getLogger("alembic.env")
 # session-level advisory lock first, so one migrates and the others then find the schema
 # at head. The key is any fixed 64-bit number; this one spells "monime".
 MIGRATION_LOCK_KEY = 0x6D6F6E696D65
-# Every wait for a lock, this one's and the migrations' own, has a limit: a replica stuck
-# behind a hung upgrade fails loudly (and is restarted) instead of waiting for ever.
+# Every wait for a lock has a limit. A replica waits at most this long for another's upgrade,
+# then fails loudly (and is restarted) instead of waiting for ever behind a hung one ...
 LOCK_TIMEOUT = "5min"
+# ... and a migration waits at most this long for a table's lock: while an ALTER TABLE waits,
+# the service's own queries on that table queue behind it, so it gives up early and fails the
+# upgrade (run it again when the long transaction holding the table has ended).
+DDL_LOCK_TIMEOUT = "10s"
 
 
 @contextmanager
 def migration_lock(connection):
     """Hold Postgres' advisory lock MIGRATION_LOCK_KEY on `connection` (a SQLAlchemy
     Connection) for the block, waiting at most LOCK_TIMEOUT while another upgrade holds it
-    (then psycopg raises LockNotAvailable and the upgrade fails). Elsewhere
+    (then the upgrade fails with LockNotAvailable); the migrations' own lock waits are then
+    bounded by DDL_LOCK_TIMEOUT. Elsewhere
     (SQLite: one instance, see README) nothing is taken."""
     if connection.dialect.name != "postgresql":
         yield
         return
     connection.execute(text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
     connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    connection.execute(text(f"SET lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
     connection.commit()  # the lock outlives this transaction; the migrations run in their own
     try:
         yield
     finally:
-        connection.rollback()  # a failed migration leaves its transaction to end first
-        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
-        connection.commit()
+        # A failed migration leaves its transaction to end first. A connection that died
+        # has lost the lock with it: nothing to release, and the migration's error goes on.
+        with suppress(DBAPIError):
+            connection.rollback()
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
 
 
 def get_engine():

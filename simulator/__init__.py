@@ -36,6 +36,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.from_prefixed_env("SIMULATOR")  # SIMULATOR_WEBHOOK_URL=... and so on
     app.config.update(config or {})
     store = Store(Settings.from_config(app.config))
+    store.settings.warn()
     app.extensions["simulator"] = store
     for blueprint in (api.bp, control.bp, dashboard.bp, hosted.bp):
         app.register_blueprint(blueprint)

@@ -1,6 +1,7 @@
 """Control endpoints for tests, developers and the dashboard's forms: not part of Monime's API.
 Each takes JSON (or a form) and answers JSON (or, to a form, the dashboard again)."""
 
+import email.utils
 from dataclasses import asdict
 
 from flask import Blueprint, abort, current_app, redirect, request, url_for
@@ -51,9 +52,14 @@ def configure():
 
 @bp.post("/faults")
 def set_faults():
-    """{"delay": seconds, "slow": N, "fail": N, "failStatus": 503, "drop": N,
+    """{"delay": seconds, "slow": N, "fail": N, "failStatus": 503, "retryAfter": 1,
+    "rateLimit": "name", "drop": N, "inFlight": seconds,
     "trickle": {"interval": seconds, "count": N, "headers": true}}; {} clears them.
     The delay applies to the next `slow` requests, or to every request when `slow` is 0.
+    A 429 or 503 fail carries Retry-After: `retryAfter` whole seconds (1 unless given) or an
+    HTTP date, none when null; a 429 also Monime-Rate-Limit: `rateLimit`. With `inFlight`, each
+    create holds its Idempotency-Key that many seconds, and another create with the key and
+    body meanwhile is answered 409 idempotency_request_in_progress.
     A trickle sends the next `count` answers (every answer when 0 or left out) one byte
     every `interval` seconds: status line and headers too unless "headers" is false."""
     given = options()
@@ -64,17 +70,43 @@ def set_faults():
             raise ValueError
     except (AttributeError, TypeError, ValueError):
         return {"error": 'trickle is {"interval": 0-60 seconds, "count": N >= 0, "headers": true|false}'}, 400
+    try:
+        retry_after = retry_after_value(given.get("retryAfter", Faults.retry_after))
+        in_flight = float(given.get("inFlight", 0))
+        if not 0 <= in_flight <= 60:
+            raise ValueError
+    except (TypeError, ValueError):
+        return {"error": "retryAfter is whole seconds >= 0, an HTTP date or null; inFlight is 0-60 seconds"}, 400
     store().faults = Faults(
         delay=float(given.get("delay", 0)),
         slow=int(given.get("slow", 0)),
         fail=int(given.get("fail", 0)),
         fail_status=int(given.get("failStatus", 503)),
+        retry_after=retry_after,
+        rate_limit=str(given.get("rateLimit", Faults.rate_limit)),
+        in_flight=in_flight,
         drop=int(given.get("drop", 0)),
         trickle=interval,
         trickled=count,
         trickle_headers=bool(trickle.get("headers", True)),
     )
     return asdict(store().faults)
+
+
+def retry_after_value(value) -> int | str | None:
+    """A Retry-After as RFC 9110 (section 10.2.3) allows it: whole seconds (a number, or its
+    digits), an HTTP date (kept as sent), or None for no header. ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0 or value != int(value):
+            raise ValueError(value)
+        return int(value)
+    text = str(value).strip()
+    if text.isascii() and text.isdigit():
+        return int(text)
+    email.utils.parsedate_to_datetime(text)  # ValueError when it is no date
+    return text
 
 
 @bp.get("/requests")

@@ -15,9 +15,24 @@ CHECKOUT_SESSION = "#/components/schemas/CheckoutSession"
 
 
 @cache
+def document() -> dict:
+    """Monime's OpenAPI document, as JSON Schema (see as_json_schema)."""
+    return as_json_schema(yaml.safe_load(SPEC_FILE.read_text()))
+
+
+def parameter(path: str, method: str, name: str) -> dict:
+    """The schema of the query or header parameter `name` of the operation `method` (lower
+    case) on `path`, e.g. ("/v1/checkout-sessions", "get", "limit"). KeyError if there is none."""
+    for given in document()["paths"][path][method]["parameters"]:
+        if given["name"] == name:
+            return given["schema"]
+    raise KeyError(f"{method.upper()} {path} has no parameter {name}")
+
+
+@cache
 def validator(pointer: str) -> Draft4Validator:
     """A JSON Schema validator for the schema at `pointer` in Monime's document."""
-    spec = as_json_schema(yaml.safe_load(SPEC_FILE.read_text()))
+    spec = document()
     registry = Registry().with_resource(SPEC_URI, Resource.from_contents(spec, default_specification=DRAFT4))
     return Draft4Validator({"$ref": SPEC_URI + pointer}, registry=registry)
 

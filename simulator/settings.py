@@ -2,13 +2,21 @@
 delivered, and how long a session lives. Set at start-up from SIMULATOR_* variables,
 changed with POST /_sim/config (JSON, or the dashboard's forms), restored by a reset."""
 
+import logging
 from dataclasses import asdict, dataclass, fields, replace
+
+# Monime's HS256 webhook secrets are 32 to 256 characters (OpenAPI, Webhook
+# verificationMethod.secret); the default has that shape, so a verifier as strict as Monime's
+# own SDKs accepts what the simulator signs.
+DEFAULT_WEBHOOK_SECRET = "whsec_simulator_0123456789abcdef0123456789abcdef"
+MIN_WEBHOOK_SECRET = 32
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Settings:
     webhook_url: str = ""  # where events are POSTed; none: nothing is sent
-    webhook_secret: str = "whsec_simulator"  # signs them
+    webhook_secret: str = DEFAULT_WEBHOOK_SECRET  # signs them
     webhook_timeout: float = 10.0  # seconds one delivery attempt may take
     retry_attempts: int = 6  # attempts per event until one is answered 2xx, the first included
     retry_backoff: float = 2.0  # seconds before the first retry; doubled before each next one
@@ -37,6 +45,18 @@ class Settings:
 
     def as_json(self) -> dict:
         return {camel(name): value for name, value in asdict(self).items()}
+
+    def warn(self) -> None:
+        """Log (never raise) a webhook secret shorter than Monime's MIN_WEBHOOK_SECRET
+        characters, which Monime would never issue and strict verifiers refuse. The secret
+        itself is never logged."""
+        if len(self.webhook_secret) < MIN_WEBHOOK_SECRET:
+            log.warning(
+                "the simulator's webhook secret is %d characters; Monime's are %d to 256, and a verifier "
+                "as strict as Monime's SDKs will refuse every event signed with it",
+                len(self.webhook_secret),
+                MIN_WEBHOOK_SECRET,
+            )
 
 
 KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}

@@ -2,6 +2,7 @@
 the outbox of webhook events."""
 
 import hashlib
+import itertools
 import json
 import secrets
 import threading
@@ -13,7 +14,8 @@ from simulator import webhooks
 from simulator.settings import Settings
 from simulator.webhooks import Outbox
 
-PRIVATE = ("callbackState", "paymentOptions", "paymentMethod", "expiresAt")  # never shown by the API
+# never shown by the API
+PRIVATE = ("callbackState", "paymentOptions", "paymentMethod", "expiresAt", "sequence")
 
 
 @dataclass
@@ -22,6 +24,11 @@ class Faults:
     slow: int = 0  # ... to the next N API requests; 0 means to every one
     fail: int = 0  # the next N API requests answer fail_status without doing anything
     fail_status: int = 503
+    # On a 429 or 503 fail: Retry-After, whole seconds or an HTTP date (None: no header), and,
+    # on a 429, Monime-Rate-Limit naming the limit hit (Monime's "Standard headers" page).
+    retry_after: int | str | None = 1
+    rate_limit: str = "space-requests-per-second"
+    in_flight: float = 0.0  # seconds each create holds its Idempotency-Key; the same key meanwhile: 409
     drop: int = 0  # the next N API requests are carried out, then the connection is closed unanswered
     trickle: float = 0.0  # seconds between bytes: an API answer dribbles out one byte at a time...
     trickled: int = 0  # ... for the next N API requests; 0 means for every one
@@ -33,11 +40,13 @@ class Store:
     defaults: Settings = field(default_factory=Settings)  # what a reset returns to
     sessions: dict = field(default_factory=dict)
     idempotency: dict = field(default_factory=dict)  # key -> (body hash, session id)
+    making: dict = field(default_factory=dict)  # key -> body hash, of a create still being made
     requests: list = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
     idle: threading.Condition = field(default_factory=threading.Condition)
+    sequence: itertools.count = field(default_factory=lambda: itertools.count(1))  # creation order; never reset
     outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +59,7 @@ class Store:
     def configure(self, options: dict) -> Settings:
         """Change settings while running; ValueError for an unknown one or a bad value."""
         self.outbox.settings = self.settings.updated(options)
+        self.settings.warn()
         return self.settings
 
     def enter(self) -> None:
@@ -69,6 +79,7 @@ class Store:
         with self.lock:
             self.sessions.clear()
             self.idempotency.clear()
+            self.making.clear()
             self.requests.clear()
             self.faults = Faults()
         self.outbox.settings = self.defaults
@@ -107,17 +118,46 @@ class Store:
                 setattr(self.faults, kind, left - 1)
             return left > 0
 
-    def create_session(self, body: dict, key: str, base_url: str) -> tuple[dict | None, bool]:
-        """(session, created). (None, False) when the key was used for another body."""
+    def create_session(self, body: dict, key: str, base_url: str) -> tuple[str, dict | None]:
+        """(outcome, session): ("created", new) or ("replayed", the key's session);
+        ("in_use", None) when the key was used with another body; ("in_flight", None) when a
+        create with this key and body is still being made, which only the in_flight fault makes
+        last long enough to be met: the create then holds its key for that many seconds."""
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         with self.lock:
             if key in self.idempotency:
                 known_digest, session_id = self.idempotency[key]
-                return (self.sessions[session_id], False) if known_digest == digest else (None, False)
-            session = new_session(body, base_url, self.settings.session_lifetime)
-            self.sessions[session["id"]] = session
-            self.idempotency[key] = (digest, session["id"])
-            return session, True
+                return ("replayed", self.sessions[session_id]) if known_digest == digest else ("in_use", None)
+            if key in self.making:
+                return ("in_flight", None) if self.making[key] == digest else ("in_use", None)
+            processing = self.faults.in_flight
+            if not processing:
+                return "created", self._made(body, key, digest, base_url)
+            self.making[key] = digest
+        try:
+            time.sleep(processing)  # the fault: Monime is still making the session, its key held
+            with self.lock:
+                return "created", self._made(body, key, digest, base_url)
+        finally:
+            with self.lock:
+                self.making.pop(key, None)
+
+    def _made(self, body: dict, key: str, digest: str, base_url: str) -> dict:
+        """A new session, kept with its key; called with the lock held."""
+        session = new_session(body, base_url, self.settings.session_lifetime)
+        session["sequence"] = next(self.sequence)
+        self.sessions[session["id"]] = session
+        self.idempotency[key] = (digest, session["id"])
+        return session
+
+    def page(self, limit: int, after: int = 0) -> tuple[list[dict], int | None]:
+        """Up to `limit` sessions made after the one numbered `after` (0: from the first), in the
+        order they were made, and the number of the last one shown if more follow, else None.
+        Sessions made or deleted while a client pages move no other one: none is skipped or repeated."""
+        with self.lock:
+            later = [s for s in self.sessions.values() if s["sequence"] > after]
+        shown = later[:limit]
+        return shown, (shown[-1]["sequence"] if len(later) > limit else None)
 
     def delete_session(self, session_id: str) -> None:
         """Forget a session and the keys that made it: replaying that create makes a new one."""
@@ -129,13 +169,17 @@ class Store:
     def transition(
         self, session_id: str, status: str, force: bool = False, paid_with: str | None = None
     ) -> dict | None:
-        """Move a pending session to a final status; None if it is not pending (unless forced)."""
+        """Move a pending session to a final status; None if it is not pending (unless forced).
+        A completion gives the session its orderNumber, once (a forced repeat keeps it); a
+        session that is never paid keeps null."""
         with self.lock:
             session = self.sessions[session_id]
             if session["status"] != "pending" and not force:
                 return None
             session["status"] = status
             session["paymentMethod"] = paid_with or session.get("paymentMethod")
+            if status == "completed" and session["orderNumber"] is None:
+                session["orderNumber"] = new_order_number()
             return session
 
     def emit(self, session: dict, status: str, deliver: bool = True, wait: bool = True, url: str = "") -> dict:
@@ -154,6 +198,25 @@ class Store:
                 session["status"] = "expired"
         for session in overdue:
             self.emit(session, "expired", wait=False)
+
+
+# The payment's own reference, as Monime fills a checkout session's orderNumber once it is paid
+# (OpenAPI CheckoutSession.orderNumber: "internally generated order number that uniquely
+# identifies the payment"; null before). Monime publishes no sample value; what it does fix is
+# that an order number names a receipt, GET /v1/receipts/{orderNumber}, whose path parameter is a
+# string of at most 20 characters (OpenAPI RetrieveReceipt; monimejs ReceiptOrderNumberSchema,
+# spikenardco/monimejs src/schemas.js, checks the same). Monime's official plugin stores the
+# completion webhook's data.orderNumber as _monime_order_number (monimesl/Wp-Monime,
+# src/adaptors/WC/WcMonimeGateway.php) and shows it as the "Monime Transaction ID"
+# (src/adaptors/WC/WcAdapter.php). The simulator's: 12 upper-case letters and digits, readable
+# aloud by a shopper quoting a receipt.
+ORDER_NUMBER_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+ORDER_NUMBER_LENGTH = 12
+
+
+def new_order_number() -> str:
+    """A fresh orderNumber: ORDER_NUMBER_LENGTH characters of ORDER_NUMBER_ALPHABET."""
+    return "".join(secrets.choice(ORDER_NUMBER_ALPHABET) for _ in range(ORDER_NUMBER_LENGTH))
 
 
 def new_session(body: dict, base_url: str, lifetime: float) -> dict:

@@ -5,8 +5,9 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import sync_playwright
+
+from support import require
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium's own connections are refused on a closed network.
@@ -26,11 +27,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 @contextmanager
 def chromium():
     """A headless Chromium. Without one the test skips loudly, and under CI=true fails."""
-    problem = missing()
-    if problem and os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and the browser tests cannot run: {problem}", pytrace=False)
-    if problem:
-        pytest.skip(f"BROWSER TESTS DID NOT RUN: {problem} (make test installs it: apt-get install -y chromium)")
+    require(missing(), "browser tests", "make test installs it: apt-get install -y chromium")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:

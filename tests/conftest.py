@@ -103,8 +103,10 @@ class Simulator:
         return self._post("/config", options)
 
     def faults(self, **faults) -> None:
-        """delay=seconds, slow=N, fail=N, fail_status=503, drop=N"""
-        names = {"fail_status": "failStatus"}
+        """delay=seconds, slow=N, fail=N, fail_status=503, retry_after=1 (None: no Retry-After),
+        rate_limit="name", in_flight=seconds, drop=N, trickle={...}"""
+        names = {"fail_status": "failStatus", "retry_after": "retryAfter", "rate_limit": "rateLimit"}
+        names |= {"in_flight": "inFlight"}
         self._post("/faults", {names.get(key, key): value for key, value in faults.items()})
 
     def requests(self, method: str | None = None) -> list[dict]:

@@ -2,19 +2,24 @@
 
 import copy
 import json
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
+import pytest
 from werkzeug.serving import make_server
 
 from signatures import HEADER, sign
 
-WEBHOOK_SECRET = "whsec_test_current"
-PREVIOUS_WEBHOOK_SECRET = "whsec_test_previous"  # still accepted: a rotation in progress
+# Of Monime's shape: 32-256 characters (OpenAPI, Webhook verificationMethod.secret).
+WEBHOOK_SECRET = "whsec_test_current_0123456789abcdef0123456789"
+PREVIOUS_WEBHOOK_SECRET = "whsec_test_previous_0123456789abcdef012345678"  # still accepted: a rotation in progress
 PUBLIC_BASE_URL = "http://checkout.test"
 APP_URL = "https://shop.example"
 WEBHOOK_PATH = "/api/webhooks/monime"
@@ -34,6 +39,15 @@ def wait_for(predicate: Callable, timeout: float, message: str | Callable[[], st
             raise AssertionError(f"waited {timeout:g} s for: {text}")
         time.sleep(interval)  # polling, bounded by the deadline above
     return result
+
+
+def require(problem: str | None, tests: str, remedy: str) -> None:
+    """Go on if `problem` is None. Otherwise the test fails under CI=true, where nothing may skip,
+    and elsewhere skips loudly: "<TESTS> DID NOT RUN: <problem> (<remedy>)"."""
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and the {tests} cannot run: {problem}", pytrace=False)
+    if problem:
+        pytest.skip(f"{tests.upper()} DID NOT RUN: {problem} ({remedy})")
 
 
 def new_order_id() -> str:
@@ -99,9 +113,11 @@ def signed_event(
     reference: str | None = None,
     line_items: list | None = None,
     event_id: str | None = None,
+    **data_fields,
 ) -> dict:
-    """A Monime event built by hand, for orders of arrival and contents the simulator would not produce."""
-    data = {"id": session_id, "status": name.rsplit(".", 1)[-1], "reference": reference}
+    """A Monime event built by hand, for orders of arrival and contents the simulator would not produce;
+    `data_fields` go into its data as they are (orderNumber=...)."""
+    data = {"id": session_id, "status": name.rsplit(".", 1)[-1], "reference": reference, **data_fields}
     if line_items is not None:
         data["lineItems"] = {"data": line_items}
     envelope = {
@@ -181,3 +197,35 @@ def serving(wsgi_app):
         server.shutdown()
         thread.join()
         server.server_close()
+
+
+# --- raw HTTP, for what a client library would not send ----------------------------------
+
+
+def exchange(url: str, request: bytes) -> tuple[int, bytes]:
+    """Send raw HTTP/1.1 bytes over a socket and read one answer by its Content-Length: the
+    connection stays open (so gunicorn drains what was not read, rather than resetting it)."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
+        connection.sendall(request)
+        answer = connection.makefile("rb")
+        status, length = int(answer.readline().split()[1]), 0
+        while (line := answer.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, answer.read(length)
+
+
+def chunked(path: str, body: bytes, **headers: str) -> bytes:
+    """A POST whose body is sent in 64 KiB chunks, without Content-Length, as a proxy or a
+    streaming client would."""
+    head = [f"POST {path} HTTP/1.1", "Host: checkout.test", "Transfer-Encoding: chunked"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    return (
+        "\r\n".join(head).encode()
+        + b"\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+        + b"0\r\n\r\n"
+    )

@@ -126,9 +126,11 @@ def test_webhook_secrets_of_monimes_32_characters_bring_no_warning(caplog, tmp_p
     assert [record for record in caplog.records if record.name == "config"] == []
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "abc", ""])
-def test_timeouts_must_be_positive_numbers(value):
-    assert "MONIME_RETRY_DEADLINE" in refusal(MONIME_RETRY_DEADLINE=value)
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "", "nan", "inf", "-inf"])
+@pytest.mark.parametrize("name", ["MONIME_RETRY_DEADLINE", "MONIME_VERIFY_TIMEOUT", "MONIME_WEBHOOK_TOLERANCE"])
+def test_timeouts_must_be_positive_finite_numbers(name, value):
+    """nan passes every comparison and inf never fires: either would switch a limit off."""
+    assert f"{name} must be a positive number of seconds" in refusal(**{name: value})
 
 
 def test_a_public_base_url_too_long_for_monimes_255_character_urls_is_refused():

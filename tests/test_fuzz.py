@@ -9,7 +9,6 @@ Under CI=true the examples are derandomized: the same inputs on every run.
 import json
 import os
 import re
-import socket
 from urllib.parse import quote_from_bytes, urlsplit
 
 import pytest
@@ -22,7 +21,7 @@ from conftest import make_app, service_settings
 from models import Order, WebhookEvent, db
 from schemas import MAX_JSON_DEPTH
 from signatures import HEADER, sign
-from support import WEBHOOK_PATH, WEBHOOK_SECRET, order_payload
+from support import WEBHOOK_PATH, WEBHOOK_SECRET, chunked, exchange, order_payload
 
 FUZZ = settings(
     max_examples=200,
@@ -340,35 +339,6 @@ def test_json_at_the_depth_limit_is_parsed(api):
 
 
 # --- the same kinds under gunicorn, where the server frames the body ------------------------------
-
-
-def exchange(url: str, request: bytes) -> tuple[int, bytes]:
-    """Send raw HTTP/1.1 bytes over a socket and read one answer by its Content-Length: the
-    connection stays open (so gunicorn drains what was not read, rather than resetting it)."""
-    address = urlsplit(url)
-    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
-        connection.sendall(request)
-        answer = connection.makefile("rb")
-        status, length = int(answer.readline().split()[1]), 0
-        while (line := answer.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        return status, answer.read(length)
-
-
-def chunked(path: str, body: bytes, **headers: str) -> bytes:
-    """A POST whose body is sent in 64 KiB chunks, without Content-Length, as a proxy or a
-    streaming client would."""
-    head = [f"POST {path} HTTP/1.1", "Host: checkout.test", "Transfer-Encoding: chunked"]
-    head += [f"{name}: {value}" for name, value in headers.items()]
-    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
-    return (
-        "\r\n".join(head).encode()
-        + b"\r\n\r\n"
-        + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
-        + b"0\r\n\r\n"
-    )
 
 
 def signed_chunked(path: str, body: bytes) -> bytes:

@@ -17,7 +17,11 @@ from conftest import ROOT, fresh_postgres_database, make_app, service_settings
 from models import CheckoutSession, Order, WebhookEvent, db, utcnow
 from support import ORDER_TOTAL
 
-PREVIOUS_HEAD = "5dd5d0ab74aa"  # before orders.checked_at and webhook_event_variants
+# Earlier heads, each with what upgrading from it adds: ({orders columns}, {table: its columns}).
+PREVIOUS_HEADS = {
+    "5dd5d0ab74aa": ({"checked_at"}, {"webhook_event_variants": {"event_id", "body_sha256", "body", "received_at"}}),
+    "ffbccea0e1ce": ({"monime_order_number"}, {}),
+}
 
 CONCURRENT_UPGRADES = 4
 
@@ -105,10 +109,12 @@ def columns(table: str) -> set[str]:
     return {column["name"] for column in db.inspect(db.engine).get_columns(table)}
 
 
-def test_upgrading_from_the_previous_head_keeps_every_row(empty_database_url):
+@pytest.mark.parametrize("previous_head", PREVIOUS_HEADS)
+def test_upgrading_from_a_previous_head_keeps_every_row(empty_database_url, previous_head):
+    added_columns, added_tables = PREVIOUS_HEADS[previous_head]
     app = make_app(service_settings(empty_database_url, "http://127.0.0.1:9"))
     with app.app_context():
-        upgrade(revision=PREVIOUS_HEAD)
+        upgrade(revision=previous_head)
         now = utcnow()
         old_order = dict(fingerprint="f", name="n", line_items=[], client_metadata={}, currency="SLE")
         old_order |= dict(amount=ORDER_TOTAL, status="pending", idempotency_key="k", created_at=now, updated_at=now)
@@ -127,16 +133,17 @@ def test_upgrading_from_the_previous_head_keeps_every_row(empty_database_url):
 
         upgrade()
 
-        assert "checked_at" in columns("orders")
-        assert columns("webhook_event_variants") == {"event_id", "body_sha256", "body", "received_at"}
-        old = db.session.execute(db.select(Order.amount, Order.checkout_session_id, Order.checked_at)).one()
-        assert tuple(old) == (ORDER_TOTAL, "scs-old", None)
+        assert added_columns <= columns("orders")
+        assert {table: columns(table) for table in added_tables} == added_tables
+        added = [Order.__table__.c[name] for name in sorted(added_columns)]
+        old = db.session.execute(db.select(Order.amount, Order.checkout_session_id, *added)).one()
+        assert tuple(old) == (ORDER_TOTAL, "scs-old", *[None] * len(added))
         assert db.session.scalar(db.select(WebhookEvent.id)) == "evt-old"
         db.session.commit()
 
-        downgrade(revision=PREVIOUS_HEAD)
-        assert "checked_at" not in columns("orders")
-        assert "webhook_event_variants" not in db.inspect(db.engine).get_table_names()
+        downgrade(revision=previous_head)
+        assert not added_columns & columns("orders")
+        assert not set(added_tables) & set(db.inspect(db.engine).get_table_names())
         assert db.session.scalar(db.select(CheckoutSession.order_id)) == "ord_old"
         db.session.commit()
         db.engine.dispose()

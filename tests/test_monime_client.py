@@ -1,7 +1,9 @@
 """MonimeClient against the simulator over real HTTP: headers, idempotent retries,
 typed errors, the deadline, token redaction, and session_amount."""
 
+import email.utils
 import json
+import math
 import threading
 import time
 
@@ -119,7 +121,7 @@ def test_different_keys_make_different_sessions(simulator):
 
 @pytest.mark.parametrize("status", [503, 500, 502, 504, 429])
 def test_a_retryable_status_is_retried_with_the_same_key_making_one_session(simulator, status):
-    simulator.faults(fail=2, fail_status=status)
+    simulator.faults(fail=2, fail_status=status, retry_after=None)  # Retry-After: tests below
 
     session = client_for(simulator).create_session(BODY, f"key-retry-{status}")
 
@@ -200,7 +202,7 @@ def test_the_same_key_with_another_body_is_a_409_rejection_without_retrying(simu
     with pytest.raises(MonimeRejected) as raised:
         client.create_session(BODY | {"name": "Another order"}, "key-conflict")
 
-    assert (raised.value.status, raised.value.reason) == (409, "idempotency_conflict")
+    assert (raised.value.status, raised.value.reason) == (409, "idempotency_key_in_use")
     assert len(simulator.requests("POST")) == 2
     assert len(simulator.sessions()) == 1
 
@@ -242,7 +244,7 @@ def test_a_success_without_a_readable_result_is_monime_unavailable():
 
 
 def test_5xx_until_the_deadline_ends_in_monime_unavailable_within_the_deadline(simulator):
-    simulator.faults(fail=1000, fail_status=503)
+    simulator.faults(fail=1000, fail_status=503, retry_after=None)  # backing off, not waiting as asked
 
     error, took = timed(lambda: client_for(simulator, retry_deadline=0.6).create_session(BODY, "key-down"))
 
@@ -397,6 +399,128 @@ def wait_for(condition, what: str, deadline: float = 10) -> None:
     while not condition():
         assert time.monotonic() < give_up, f"waited {deadline} s for: {what}"
         time.sleep(0.01)  # polling a condition, bounded by the deadline
+
+
+# --- Retry-After: waiting what Monime asks, within the deadline ------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_retry_after_in_seconds_is_waited_before_asking_again_with_the_same_key(simulator, status):
+    simulator.faults(fail=1, fail_status=status, retry_after=1)
+
+    session, took = timed(lambda: client_for(simulator, retry_deadline=5).create_session(BODY, f"key-wait-{status}"))
+
+    assert isinstance(session, dict), session
+    assert took >= 1.0, "it asked again before the second Monime asked for"
+    assert took < 5 + MARGIN
+    assert simulator.sessions() == [session]
+    assert [r["idempotencyKey"] for r in simulator.requests("POST")] == [f"key-wait-{status}"] * 2
+
+
+def test_a_retry_after_http_date_is_waited_until_that_time(simulator):
+    when = math.ceil(time.time()) + 2  # HTTP dates have whole seconds
+    simulator.faults(fail=1, fail_status=429, retry_after=email.utils.formatdate(when, usegmt=True))
+
+    session, took = timed(lambda: client_for(simulator, retry_deadline=5).create_session(BODY, "key-date"))
+
+    assert isinstance(session, dict), session
+    assert time.time() >= when, "it asked again before the date Monime gave"
+    assert took < 5 + MARGIN
+    assert len(simulator.requests("POST")) == 2
+
+
+PAST_THE_DEADLINE = {"seconds": lambda: 30, "HTTP date": lambda: email.utils.formatdate(time.time() + 60, usegmt=True)}
+
+
+@pytest.mark.parametrize("retry_after", PAST_THE_DEADLINE.values(), ids=PAST_THE_DEADLINE.keys())
+def test_a_retry_after_past_the_deadline_ends_the_call_at_once(simulator, retry_after):
+    simulator.faults(fail=1000, fail_status=429, retry_after=retry_after(), rate_limit="space-writes")
+
+    error, took = timed(lambda: client_for(simulator, retry_deadline=3).create_session(BODY, "key-later"))
+
+    assert type(error) is MonimeUnavailable
+    assert took < 1.0, "it gave up at once rather than sleeping towards the deadline"
+    assert "429 (rate limit space-writes)" in str(error)
+    assert "past the deadline" in str(error)
+    assert len(simulator.requests("POST")) == 1
+    assert simulator.sessions() == []
+
+
+def test_an_unreadable_retry_after_falls_back_to_the_backoff():
+    answers = iter([(503, "soon"), (200, None)])
+
+    @Request.application
+    def app(request: Request) -> Response:
+        status, retry_after = next(answers)
+        body = {"success": status == 200, "messages": [], "result": {"id": "scs-after"}}
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        return Response(json.dumps(body), status=status, headers=headers, content_type="application/json")
+
+    with serving(app) as url:
+        session, took = timed(lambda: monime_client(url, "tok", "spc-x").create_session(BODY, "key-soon"))
+
+    assert session == {"id": "scs-after"}
+    assert took < 1.0  # the first backoff (at most 0.1 s), not a wait read from "soon"
+
+
+# --- an Idempotency-Key still in flight --------------------------------------------------------
+
+
+def creating_in_the_background(client: MonimeClient, body: dict, key: str, simulator) -> tuple[threading.Thread, dict]:
+    """Start a create in another thread and return once the simulator has it; (thread, outcome),
+    outcome["first"] being (what it returned or raised, seconds) once the thread is done."""
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(first=timed(lambda: client.create_session(body, key))))
+    thread.start()
+    wait_for(lambda: len(simulator.requests("POST")) == 1, "the first create reached the simulator")
+    return thread, outcome
+
+
+def test_a_409_for_a_key_still_in_flight_is_asked_again_until_monimes_one_session(simulator):
+    simulator.faults(in_flight=1.0)  # each create holds its key this long
+    client = client_for(simulator, retry_deadline=5)
+    first, outcome = creating_in_the_background(client, BODY, "key-in-flight", simulator)
+
+    second, took = timed(lambda: client.create_session(BODY, "key-in-flight"))
+    first.join(timeout=10)
+
+    assert isinstance(second, dict), second
+    assert outcome["first"][0] == second
+    assert simulator.sessions() == [second]
+    posts = simulator.requests("POST")
+    assert len(posts) >= 3, "the second create was answered 409 and asked again"
+    assert {r["idempotencyKey"] for r in posts} == {"key-in-flight"}
+    assert took < 5 + MARGIN
+
+
+def test_a_key_in_flight_with_another_body_is_a_409_rejection_at_once(simulator):
+    simulator.faults(in_flight=1.0)
+    client = client_for(simulator, retry_deadline=5)
+    first, outcome = creating_in_the_background(client, BODY, "key-in-flight-2", simulator)
+
+    error, took = timed(lambda: client.create_session(BODY | {"name": "Another order"}, "key-in-flight-2"))
+    first.join(timeout=10)
+
+    assert type(error) is MonimeRejected
+    assert (error.status, error.reason) == (409, "idempotency_key_in_use")
+    assert took < 1.0
+    assert len(simulator.requests("POST")) == 2
+    assert simulator.sessions() == [outcome["first"][0]]
+
+
+def test_a_key_in_flight_past_the_deadline_ends_in_monime_unavailable_within_it(simulator):
+    simulator.faults(in_flight=3.0)
+    patient = client_for(simulator, read_timeout=5, retry_deadline=8)
+    first, _outcome = creating_in_the_background(patient, BODY, "key-in-flight-3", simulator)
+
+    error, took = timed(lambda: client_for(simulator, retry_deadline=0.8).create_session(BODY, "key-in-flight-3"))
+    first.join(timeout=10)
+
+    assert type(error) is MonimeUnavailable
+    assert "409" in str(error)
+    assert took < 0.8 + MARGIN
+    assert len(simulator.requests("POST")) >= 3  # the first create, and this one asked more than once
+    assert len(simulator.sessions()) == 1
 
 
 # --- the token never leaves the client ------------------------------------------------------

@@ -11,6 +11,7 @@ import logs
 from conftest import LiveClient
 from simulator import ACCESS_TOKEN
 from support import (
+    PREVIOUS_WEBHOOK_SECRET,
     WEBHOOK_PATH,
     WEBHOOK_SECRET,
     checkout,
@@ -90,7 +91,7 @@ def test_no_log_line_of_the_running_service_holds_a_token_or_secret(live_server,
 
     log = live_server.log.read_text()
     assert "webhook event processed" in log and "session lookup failed" in log, "the log was captured"
-    for secret in (ACCESS_TOKEN, WEBHOOK_SECRET, "whsec_wrong", "whsec_test_previous"):
+    for secret in (ACCESS_TOKEN, WEBHOOK_SECRET, "whsec_wrong", PREVIOUS_WEBHOOK_SECRET):
         assert secret not in log
 
 

@@ -40,6 +40,8 @@ def test_reconcile_brings_every_order_to_monimes_truth_and_a_second_run_changes_
     assert first.exit_code == 0, first.output
     assert first.output == "reconciled 12 orders: applied 9, unchanged 3\n"
     assert statuses(client, truth) == truth
+    monimes_numbers = {session["reference"]: session["orderNumber"] for session in simulator.sessions()}
+    assert {order_id: order(client, order_id)["orderNumber"] for order_id in truth} == monimes_numbers
     second = runner.invoke(args=["orders", "reconcile", "--older-than", "0s"])
     assert second.output == "reconciled 3 orders: unchanged 3\n"
     assert statuses(client, truth) == truth
@@ -203,13 +205,15 @@ def test_events_list_filters_by_outcome(client, runner):
 
 def test_orders_show_tells_an_orders_whole_story(client, runner, simulator):
     body = checkout(client, orderId="ord_story")
-    event = simulator.complete(body["sessionId"], deliver=False)["event"]
+    completion = simulator.complete(body["sessionId"], deliver=False)
+    event = completion["event"]
     deliver(client, event)
     deliver(client, signed_event("checkout_session.expired", body["sessionId"], event_id=event["id"]))
 
     output = runner.invoke(args=["orders", "show", "ord_story"]).output
 
     assert output.startswith("order ord_story [completed] SLE 5150 'Order #1001'\n")
+    assert f"\n  Monime order number {completion['session']['orderNumber']}\n" in output
     assert f"session {body['sessionId']} (current)" in output
     assert f"event {event['id']} checkout_session.completed [applied] order ord_story" in output
     assert "\n    delivered again with a different body (sha256 " in output

@@ -21,13 +21,15 @@ def back(api, page: str, order_id: str | None, method: str = "GET", **query):
 
 def test_success_before_the_webhook_confirms_with_monime_and_completes_the_order(api, simulator):
     body = checkout(api, orderId="ord_back")
-    simulator.complete(body["sessionId"], deliver=False)  # paid; the webhook has not arrived
+    paid = simulator.complete(body["sessionId"], deliver=False)["session"]  # paid; the webhook has not arrived
 
     response = back(api, "success", "ord_back")
 
     assert response.status_code == 303
     assert response.headers["Location"] == f"{APP_URL}/checkout/success?orderId=ord_back"
-    assert order(api, "ord_back")["status"] == "completed"
+    stored = order(api, "ord_back")
+    assert stored["status"] == "completed"
+    assert stored["orderNumber"] == paid["orderNumber"] is not None, "the lookup's order number is kept"
 
 
 def test_success_after_the_webhook_redirects_without_asking_monime(api, simulator):
@@ -252,6 +254,19 @@ def test_past_the_per_client_limit_a_redirect_skips_its_lookup(app, database_url
     assert lookups(simulator, sessions[2]["sessionId"]) == 1, "another client has its own allowance"
     skipped = metric(scrape(client), "redirect_lookups_skipped_total", reason="client_limit")
     assert skipped - metric(before, "redirect_lookups_skipped_total", reason="client_limit") == 1
+
+
+def test_hits_that_would_not_ask_monime_do_not_use_up_the_clients_limit(database_url, simulator):
+    """A shopper reloading the success page of a pending order: only hits that ask count."""
+    limited = make_app(service_settings(database_url, simulator.url) | {"RATELIMIT_REDIRECT_LOOKUPS": "2/minute"})
+    client = limited.test_client()
+    reloaded, other = checkout(client), checkout(client)
+
+    responses = [back(client, "success", reloaded["orderId"]) for _ in range(5)]
+    responses.append(back(client, "success", other["orderId"]))
+
+    assert [r.status_code for r in responses] == [303] * 6
+    assert [lookups(simulator, body["sessionId"]) for body in (reloaded, other)] == [1, 1]
 
 
 def test_when_the_limit_store_is_down_redirects_still_ask_once_per_order(app, database_url, simulator):

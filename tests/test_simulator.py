@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from urllib.parse import urljoin
@@ -19,7 +20,7 @@ import signatures
 from conftest import free_port
 from simulator import openapi
 from support import SESSION_REQUEST as BODY
-from support import serving
+from support import serving, wait_for
 
 SESSIONS = "/v1/checkout-sessions"
 API_VERSION = "caph.2025-08-23"
@@ -198,7 +199,7 @@ def test_the_same_key_with_another_body_is_a_409_and_makes_nothing(simulator):
 
     response = create(simulator, body_with(name="Another order"), key="key-conflict")
 
-    monime_error(response, 409, "idempotency_conflict")
+    monime_error(response, 409, "idempotency_key_in_use")
     assert simulator.sessions() == [first]
 
 
@@ -324,6 +325,28 @@ def test_finishing_a_session_changes_its_status_and_returns_monimes_signed_event
     signatures.verify(event["body"].encode(), event["headers"][signatures.HEADER], [simulator.webhook_secret])
     with pytest.raises(signatures.SignatureError):
         signatures.verify(event["body"].encode(), event["headers"][signatures.HEADER], ["whsec_another"])
+
+
+def test_a_completion_gives_the_session_monimes_order_number_once_and_an_unpaid_ending_none(simulator):
+    paid, cancelled, expired = (created(simulator, key=key) for key in ("key-paid", "key-cancelled", "key-expired"))
+    assert get(simulator, paid["id"]).json()["result"]["orderNumber"] is None, "null until paid (OpenAPI)"
+
+    completion = simulator.complete(paid["id"], deliver=False)
+    number = get(simulator, paid["id"]).json()["result"]["orderNumber"]
+
+    assert isinstance(number, str) and 1 <= len(number) <= 20, "a receipt's orderNumber is at most 20 characters"
+    assert (
+        json.loads(completion["event"]["body"])["data"]["orderNumber"] == number == completion["session"]["orderNumber"]
+    )
+    again = simulator.complete(paid["id"], deliver=False, force=True)["event"]
+    assert json.loads(again["body"])["data"]["orderNumber"] == number, "one payment, one order number"
+    for session, action in ((cancelled, "cancel"), (expired, "expire")):
+        ended = simulator.finish(session["id"], action, deliver=False)["event"]
+        assert json.loads(ended["body"])["data"]["orderNumber"] is None
+        assert get(simulator, session["id"]).json()["result"]["orderNumber"] is None
+    other = created(simulator, key="key-other")
+    simulator.complete(other["id"], deliver=False)
+    assert get(simulator, other["id"]).json()["result"]["orderNumber"] != number, "each payment has its own"
 
 
 def test_every_event_has_its_own_id(simulator):
@@ -496,6 +519,60 @@ def test_a_failure_is_answered_before_the_credentials_are_checked(simulator):
     simulator.faults(fail=1)
     monime_error(create(simulator, headers={}), 503, "unavailable")
     monime_error(create(simulator, headers={}), 401, "unauthenticated")
+
+
+def fault_headers(response: requests.Response) -> dict:
+    return {name: response.headers.get(name) for name in ("Retry-After", "Monime-Rate-Limit")}
+
+
+FAULT_HEADERS = {
+    "429": ({"fail_status": 429}, {"Retry-After": "1", "Monime-Rate-Limit": "space-requests-per-second"}),
+    "429 named": (
+        {"fail_status": 429, "retry_after": 7, "rate_limit": "writes"},
+        {"Retry-After": "7", "Monime-Rate-Limit": "writes"},
+    ),
+    "429 dated": (
+        {"fail_status": 429, "retry_after": "Wed, 21 Oct 2026 07:28:00 GMT"},
+        {"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT", "Monime-Rate-Limit": "space-requests-per-second"},
+    ),
+    "503": ({}, {"Retry-After": "1", "Monime-Rate-Limit": None}),
+    "503 without": ({"retry_after": None}, {"Retry-After": None, "Monime-Rate-Limit": None}),
+    "500": ({"fail_status": 500}, {"Retry-After": None, "Monime-Rate-Limit": None}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("faults", "headers"), FAULT_HEADERS.values(), ids=FAULT_HEADERS.keys())
+def test_a_429_or_503_fail_carries_retry_after_and_a_429_monime_rate_limit(simulator, faults, headers):
+    simulator.faults(fail=1, **faults)
+
+    response = create(simulator)
+
+    status = faults.get("fail_status", 503)
+    monime_error(response, status, "rate_limit_exceeded" if status == 429 else "unavailable")
+    assert fault_headers(response) == headers
+
+
+@pytest.mark.parametrize("retry_after", [-1, 1.5, "soon", True, [1]])
+def test_a_retry_after_that_is_neither_whole_seconds_nor_a_date_is_refused(simulator, retry_after):
+    response = requests.post(f"{simulator.url}/_sim/faults", json={"fail": 1, "retryAfter": retry_after}, timeout=10)
+    assert response.status_code == 400
+    assert "retryAfter" in response.json()["error"]
+
+
+def test_in_flight_answers_a_create_with_a_key_still_being_made_409_and_then_the_session(simulator):
+    simulator.faults(in_flight=1.0)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(create, simulator, None, "key-busy")
+        wait_for(lambda: len(simulator.requests("POST")) == 1, 10, "the first create to reach the simulator")
+        meanwhile = create(simulator, key="key-busy")
+        other_body = create(simulator, body_with(name="Another order"), key="key-busy")
+        made = first.result(timeout=10)
+
+    monime_error(meanwhile, 409, "idempotency_request_in_progress")
+    monime_error(other_body, 409, "idempotency_key_in_use")
+    assert made.status_code == 200
+    assert create(simulator, key="key-busy").json()["result"] == made.json()["result"]  # the replay, at once
+    assert simulator.sessions() == [made.json()["result"]]
 
 
 def test_drop_does_the_work_and_closes_the_connection_unanswered(simulator):
@@ -671,6 +748,8 @@ def test_the_shoppers_choice_redirects_back_and_delivers_the_signed_webhook(simu
     envelope = json.loads(post["body"])
     assert envelope["event"]["name"] == f"checkout_session.{status}"
     assert envelope["object"]["id"] == session["id"]
+    assert envelope["data"]["orderNumber"] == get(simulator, session["id"]).json()["result"]["orderNumber"]
+    assert (envelope["data"]["orderNumber"] is not None) == (choice == "pay"), "paying gives the order number"
     signatures.verify(post["body"], post["headers"][signatures.HEADER], [simulator.webhook_secret])
     [delivery] = simulator.deliveries()
     assert answered(delivery) == {

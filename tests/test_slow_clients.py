@@ -4,6 +4,7 @@ gunicorn, buffers requests, drops stalled clients, refuses bodies over 1 MiB and
 passes the client's address on."""
 
 import http.client
+import json
 import os
 import re
 import selectors
@@ -20,7 +21,7 @@ import requests
 
 from config import MAX_BODY_BYTES
 from conftest import ROOT, free_port, gunicorn
-from support import WEBHOOK_PATH
+from support import WEBHOOK_PATH, chunked, exchange
 
 BODY_BYTES = 1000  # what each slow client announces; at its pace it would take minutes to send
 
@@ -124,6 +125,23 @@ def test_gunicorn_drops_a_client_still_sending_its_body_after_the_client_timeout
     assert all(re.match(rb"HTTP/1\.1 4\d\d ", answer) for answer in received), received
     assert all(b"Connection: close" in answer for answer in received), received
     assert [line["status"] // 100 for line in dropped] == [4, 4, 4]
+
+
+@pytest.mark.parametrize(("path", "limit"), [(WEBHOOK_PATH, MAX_BODY_BYTES), ("/api/checkout", 64 * 1024)])
+def test_a_chunked_body_that_breaks_off_right_at_the_limit_is_400(database_url, simulator, tmp_path, path, limit):
+    """The service reads one byte past the limit to tell a whole body from one over it: when
+    that byte's chunk is malformed, or never comes before the client timeout, the answer is a
+    JSON 400 (it was a 500 with a traceback)."""
+    whole = chunked(path, b" " * limit, **{"Content-Type": "application/json"})
+    body_end = whole.index(b"0\r\n\r\n", len(whole) - 5)  # the last-chunk marker
+    settings = {"GUNICORN_CLIENT_TIMEOUT": "1", "GUNICORN_WORKERS": "1", "GUNICORN_THREADS": "4"}
+    with gunicorn(database_url, simulator.url, tmp_path / "gunicorn.log", **settings) as server:
+        malformed = exchange(server.url, whole[:body_end] + b"zz\r\n")
+        stalled = exchange(server.url, whole[:body_end])  # then nothing: cut by the client timeout
+
+    for status, answer in (malformed, stalled):
+        assert status == 400, answer[:300]
+        assert "cannot be read" in json.loads(answer)["error"]["message"]
 
 
 # --- nginx in front ---------------------------------------------------------

@@ -10,7 +10,7 @@ import requests
 
 import logs
 from conftest import PREVIOUS_WEBHOOK_SECRET, LiveClient
-from models import WebhookEvent, WebhookEventVariant, db
+from models import Order, WebhookEvent, WebhookEventVariant, db
 from support import (
     ORDER_TOTAL,
     WEBHOOK_PATH,
@@ -42,13 +42,17 @@ def stored_variants(app) -> list[tuple[str, bytes]]:
 
 def test_a_completed_session_completes_the_order(api, app, simulator):
     body = checkout(api, orderId="ord_happy")
-    event = simulator.complete(body["sessionId"], deliver=False)["event"]
+    assert order(api, "ord_happy")["orderNumber"] is None, "no order number before a payment"
+    completion = simulator.complete(body["sessionId"], deliver=False)
+    event = completion["event"]
 
     response = deliver(api, event)
 
     assert response.status_code == 200
     assert response.get_json() == {"received": True, "eventId": event["id"], "duplicate": False, "outcome": "applied"}
-    assert order(api, "ord_happy")["status"] == "completed"
+    stored_order = order(api, "ord_happy")
+    assert stored_order["status"] == "completed"
+    assert stored_order["orderNumber"] == completion["session"]["orderNumber"] is not None
     stored = stored_events(app)[event["id"]]
     assert (stored.outcome, stored.order_id, stored.session_id) == ("applied", "ord_happy", body["sessionId"])
     assert stored.body == event["body"]
@@ -71,7 +75,9 @@ def test_the_simulator_delivers_the_signed_webhook_to_the_running_service(live_s
 def test_a_cancelled_or_expired_session_ends_the_pending_order(api, simulator, ending):
     body = checkout(api)
     deliver(api, simulator.finish(body["sessionId"], ending, deliver=False)["event"])
-    assert order(api, body["orderId"])["status"] == {"cancel": "cancelled", "expire": "expired"}[ending]
+    stored = order(api, body["orderId"])
+    assert stored["status"] == {"cancel": "cancelled", "expire": "expired"}[ending]
+    assert stored["orderNumber"] is None
 
 
 # --- signatures ------------------------------------------------------------------
@@ -465,13 +471,16 @@ def test_a_late_expiry_of_an_earlier_session_changes_nothing(api, simulator):
 
 def test_a_second_session_paid_for_a_completed_order_is_held_as_a_double_payment(api, simulator):
     first, second = cancelled_then_resubmitted(api, simulator, "ord_double")
-    deliver(api, simulator.complete(second, deliver=False)["event"])
+    paying = simulator.complete(second, deliver=False)
+    deliver(api, paying["event"])
 
-    response = deliver(api, simulator.complete(first, deliver=False, force=True)["event"])
+    late = simulator.complete(first, deliver=False, force=True)
+    response = deliver(api, late["event"])
 
     assert response.get_json()["outcome"] == "held"
     stored = order(api, "ord_double")
     assert (stored["status"], stored["checkoutSessionId"]) == ("completed", second)
+    assert stored["orderNumber"] == paying["session"]["orderNumber"] != late["session"]["orderNumber"]
     assert "double payment" in stored["review"]["reason"]
 
 
@@ -509,3 +518,59 @@ def test_an_ending_with_unreadable_line_items_still_ends_the_order(api, ending):
     event = signed_event(ending, body["sessionId"], line_items=["not an item"])
     assert deliver(api, event).get_json()["outcome"] == "applied"
     assert order(api, body["orderId"])["status"] != "pending"
+
+
+# --- Monime's order number ------------------------------------------------------------------
+
+
+def test_a_completion_without_line_items_stores_the_order_number_of_monimes_lookup(api, simulator):
+    body = checkout(api)
+    paid = simulator.complete(body["sessionId"], deliver=False)["session"]
+
+    response = deliver(api, signed_event("checkout_session.completed", body["sessionId"]))  # no orderNumber either
+
+    assert response.get_json()["outcome"] == "applied"
+    assert len(simulator.requests("GET")) == 1, "the completion was confirmed with Monime"
+    assert order(api, body["orderId"])["orderNumber"] == paid["orderNumber"] is not None
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["N" * 100_000, "AB\x00CD", "AB\ud800", "AB\nCD", "", 1234567890, 1.5, True, ["AB12"], {"value": "AB12"}],
+    ids=["huge", "nul", "lone-surrogate", "newline", "empty", "integer", "float", "boolean", "list", "object"],
+)
+def test_an_order_number_no_one_should_store_completes_the_order_without_it(api, app, number):
+    body = checkout(api)
+    event = signed_event(
+        "checkout_session.completed", body["sessionId"], line_items=items(ORDER_TOTAL), orderNumber=number
+    )
+
+    response = deliver(api, event)
+
+    assert (response.status_code, response.get_json()["outcome"]) == (200, "applied")
+    stored = order(api, body["orderId"])
+    assert (stored["status"], stored["orderNumber"]) == ("completed", None)
+    with app.app_context():
+        assert db.session.get(Order, body["orderId"]).monime_order_number is None
+
+
+def test_the_log_line_of_a_completion_carries_the_order_number_and_a_bad_one_is_logged_without_its_value(
+    client, simulator, caplog
+):
+    caplog.set_level(logging.INFO)
+    body = checkout(client)
+    completion = simulator.complete(body["sessionId"], deliver=False)
+    other = checkout(client)
+    hostile = "\x00" + "evil" * 1000
+
+    deliver(client, completion["event"])
+    deliver(client, signed_event("checkout_session.completed", other["sessionId"], line_items=items(ORDER_TOTAL),
+                                 orderNumber=hostile))  # fmt: skip
+
+    lines = [json.loads(logs.JsonFormatter().format(record)) for record in caplog.records]
+    processed = {line["orderId"]: line for line in lines if line["message"] == "webhook event processed"}
+    assert processed[body["orderId"]]["orderNumber"] == completion["session"]["orderNumber"] is not None
+    assert processed[other["orderId"]]["orderNumber"] is None
+    [ignored] = [line for line in lines if line["message"].startswith("Monime's orderNumber ignored")]
+    assert (ignored["sessionId"], ignored["type"], ignored["length"]) == (other["sessionId"], "str", len(hostile))
+    assert "evil" not in caplog.text
