@@ -21,6 +21,25 @@ from support import ORDER_TOTAL
 PREVIOUS_HEADS = {
     "5dd5d0ab74aa": ({"checked_at"}, {"webhook_event_variants": {"event_id", "body_sha256", "body", "received_at"}}),
     "ffbccea0e1ce": ({"monime_order_number"}, {}),
+    "a7c3e91f5b20": (
+        set(),
+        {
+            "notifications": {
+                "id",
+                "type",
+                "order_id",
+                "body",
+                "status",
+                "attempts",
+                "created_at",
+                "next_attempt_at",
+                "retry_until",
+                "claimed_until",
+                "delivered_at",
+                "last_error",
+            }
+        },
+    ),
 }
 
 CONCURRENT_UPGRADES = 4

@@ -5,7 +5,7 @@ notifications: one row per order notification (order.completed, .cancelled,
 delivered to NOTIFY_URL by the relay (notifications.py).
 
 Revision ID: 3b1f0c2a9d47
-Revises: ffbccea0e1ce
+Revises: a7c3e91f5b20
 Create Date: 2026-11-30 05:00:00.000000
 
 """
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '3b1f0c2a9d47'
-down_revision = 'ffbccea0e1ce'
+down_revision = 'a7c3e91f5b20'
 branch_labels = None
 depends_on = None
 
