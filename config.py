@@ -164,8 +164,11 @@ def api_keys(value) -> tuple[dict[str, str], list[str]]:
         return value, []
     keys, problems = {}, []
     for position, pair in enumerate(comma_list(value), 1):
-        name, _, key = pair.partition(":")
+        name, colon, key = pair.partition(":")
         where = f"API_KEYS: pair {position}"
+        if not colon:
+            problems.append(f"{where} is not name:key")
+            continue
         if not API_KEY_NAME.fullmatch(name):
             problems.append(f"{where} needs a name of 1-64 letters, digits, '_', '.' or '-' before its ':'")
         elif name in keys:

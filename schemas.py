@@ -231,10 +231,8 @@ class OrderSchema(Schema):
 class FeedQuerySchema(Schema):
     """GET /api/orders's query: which orders, from where, how many."""
 
-    status = fields.String(load_default=None, validate=validate.OneOf([status.value for status in Status]))
-    after = fields.String(
-        load_default=None, validate=validate.Length(min=1, max=512), metadata={"description": "a `next` cursor"}
-    )
+    status = fields.String(validate=validate.OneOf([status.value for status in Status]))
+    after = fields.String(validate=validate.Length(min=1, max=512), metadata={"description": "a `next` cursor"})
     limit = fields.Integer(strict=False, load_default=50, validate=validate.Range(min=1, max=100))
 
 

@@ -32,7 +32,7 @@ def order_feed():
     read_only()
     try:
         found, cursor = feed.page(
-            query["status"], query["after"], query["limit"], current_app.config["ORDER_FEED_DELAY"]
+            query.get("status"), query.get("after"), query["limit"], current_app.config["ORDER_FEED_DELAY"]
         )
     except feed.InvalidCursor:
         raise ApiError(
