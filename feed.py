@@ -27,9 +27,6 @@ from sqlalchemy import select, tuple_
 from models import Order, db, utcnow
 from schemas import ORDER_ID_PATTERN
 
-MAX_LIMIT = 100
-DEFAULT_LIMIT = 50
-
 
 class InvalidCursor(ValueError):
     """A cursor this feed did not make."""
