@@ -12,8 +12,12 @@ from schemas import (
     CheckoutCreatedSchema,
     CheckoutRequestSchema,
     ErrorSchema,
+    FeedQuerySchema,
     HealthSchema,
+    OrderPageSchema,
     OrderSchema,
+    ResolutionSchema,
+    ResolveRequestSchema,
     WebhookEventSchema,
     WebhookReceiptSchema,
 )
@@ -34,6 +38,9 @@ REQUEST_ID = {
 }
 RETRY_AFTER = {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}}
 ORDER_ID = {"name": "orderId", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}}
+# The shop backend's calls: Authorization: Bearer <one of API_KEYS>.
+API_KEY = {"type": "http", "scheme": "bearer", "description": "One of the service's API_KEYS."}
+WWW_AUTHENTICATE = {"description": "Bearer: send an API key.", "schema": {"type": "string"}, "required": True}
 
 
 def build(catalog_mode: bool) -> dict:
@@ -49,12 +56,16 @@ def build(catalog_mode: bool) -> dict:
         "CheckoutRequest": request_schema,
         "CheckoutCreated": CheckoutCreatedSchema,
         "Order": OrderSchema,
+        "OrderPage": OrderPageSchema,
+        "ResolveRequest": ResolveRequestSchema,
+        "Resolution": ResolutionSchema,
         "WebhookEvent": WebhookEventSchema,
         "WebhookReceipt": WebhookReceiptSchema,
         "Health": HealthSchema,
         "Error": ErrorSchema,
     }.items():
         spec.components.schema(name, schema=schema)
+    spec.components.security_scheme("apiKey", API_KEY)
     for path, operations in paths().items():
         spec.path(path=path, operations=operations)
     return spec.to_dict()
@@ -105,6 +116,33 @@ def paths() -> dict:
         "/api/checkout": {"post": checkout},
         "/api/checkout/success": {"get": back("success"), "post": back("success")},
         "/api/checkout/cancel": {"get": back("cancelled")},
+        "/api/orders": {
+            "get": secured(
+                "The order feed: orders by their last change, a page at a time",
+                {
+                    "200": answer("Orders changed after `after`; `next` continues from the last.", "OrderPage"),
+                    "400": error("A bad `status`, `limit` or `after`: `error.fields` names it."),
+                    "503": unavailable(),
+                },
+                parameters=[{"in": "query", "schema": FeedQuerySchema}],
+            )
+        },
+        "/api/orders/{orderId}/resolve": {
+            "post": secured(
+                "Resolve an order held for review: complete it, or dismiss the hold",
+                {
+                    "200": answer("Resolved, and recorded under the API key's name.", "Resolution"),
+                    "400": error("Invalid: `error.fields` names each bad field."),
+                    "404": error("No such order."),
+                    "409": error("`not_held`: the order is not held for review (or was just resolved)."),
+                    "413": error("Body too large."),
+                    "415": error("Not `Content-Type: application/json`."),
+                    "503": unavailable(),
+                },
+                body="ResolveRequest",
+                parameters=[{**ORDER_ID, "in": "path"}],
+            )
+        },
         "/api/orders/{orderId}": {
             "get": operation(
                 "An order's status",
@@ -147,6 +185,14 @@ def operation(summary: str, responses: dict, body: str | None = None, parameters
     if body:
         spec["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     return spec
+
+
+def secured(summary: str, responses: dict, **kwargs) -> dict:
+    """An operation that takes an API key, and its 401 without one."""
+    unauthorized = error("No API key, or not one of API_KEYS (`unauthorized`).")
+    unauthorized["headers"] = unauthorized["headers"] | {"WWW-Authenticate": WWW_AUTHENTICATE}
+    spec = operation(summary, {**responses, "401": unauthorized}, **kwargs)
+    return spec | {"security": [{"apiKey": []}]}
 
 
 def answer(description: str, schema: str | dict) -> dict:

@@ -46,7 +46,10 @@ def create_app(config: dict | None = None) -> Flask:
     api.init_app(app)
     if app.config["CORS_ORIGINS"]:  # a frontend on another origin calls checkout and polls orders
         origins = app.config["CORS_ORIGINS"]
-        CORS(app, resources={r"/api/checkout": {"origins": origins}, r"/api/orders/.*": {"origins": origins}})
+        # Patterns match from the start of the path; never the feed (/api/orders) nor
+        # /api/orders/<id>/resolve, which take an API key a browser must not hold.
+        browser = {"origins": origins}
+        CORS(app, resources={"/api/checkout": browser, r"/api/orders/[^/]+\Z": browser})
     cli.init_app(app)
     notifications.init_app(app)
     if app.config["PROXY_HOPS"]:  # the client's address and scheme, as the trusted proxies report them

@@ -1,12 +1,14 @@
 """Operations as `flask` commands: `flask --app app orders ...`, `... events ...` and `... notifications ...`."""
 
 import contextlib
+import getpass
 import threading
 from datetime import timedelta
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from marshmallow import ValidationError
 from sqlalchemy import or_, select
 
 import events
@@ -23,6 +25,7 @@ from models import (
     WebhookEventVariant,
     db,
 )
+from schemas import ResolveRequestSchema
 
 orders_cli = AppGroup("orders", help="Inspect and reconcile orders.")
 events_cli = AppGroup("events", help="Inspect and replay stored webhook events.")
@@ -69,6 +72,12 @@ def show(order_id: str) -> None:
         click.echo(f"  Monime order number {order.monime_order_number}")
     if order.review_reason:
         click.echo(f"  held for review: {order.review_reason} (event {order.review_event_id or '-'})")
+    for done in orders.resolutions(order.id):
+        click.echo(
+            f"  resolved ({done.action}) by {done.by} via {done.via} {done.resolved_at:%Y-%m-%d %H:%M:%S}: "
+            f"{done.note!r}; was [{done.previous_status}] held: {done.previous_review_reason} "
+            f"(event {done.previous_review_event_id or '-'})"
+        )
     sessions = db.session.scalars(select(CheckoutSession).where(CheckoutSession.order_id == order.id)).all()
     for session in sorted(sessions, key=lambda s: s.created_at):
         current = " (current)" if session.id == order.checkout_session_id else ""
@@ -82,6 +91,31 @@ def show(order_id: str) -> None:
                 f"    delivered again with a different body (sha256 {variant.body_sha256[:12]}…) "
                 f"{variant.received_at:%Y-%m-%d %H:%M:%S}"
             )
+
+
+@orders_cli.command("resolve")
+@click.argument("order_id")
+@click.option("--complete", is_flag=True, help="A person confirmed the payment: the order is completed.")
+@click.option("--dismiss", is_flag=True, help="Nothing was wrong: clear the hold, keep the status.")
+@click.option("--note", required=True, help="Why, in at most 500 characters; kept in the audit.")
+def resolve(order_id: str, complete: bool, dismiss: bool, note: str) -> None:
+    """Resolve an order held for review, recorded under your shell user's name."""
+    if complete == dismiss:
+        raise click.UsageError("give exactly one of --complete or --dismiss")
+    try:
+        wanted = ResolveRequestSchema().load({"action": "complete" if complete else "dismiss", "note": note})
+    except ValidationError as exc:
+        raise click.BadParameter("; ".join(exc.messages["note"]), param_hint="--note") from None
+    if orders.get(order_id) is None:
+        raise click.ClickException(f"no order {order_id!r}")
+    try:
+        done = orders.resolve(order_id, wanted["action"], wanted["note"], by=getpass.getuser(), via="cli")
+    except orders.NotHeld:
+        db.session.rollback()
+        raise click.ClickException(f"order {order_id!r} is not held for review") from None
+    db.session.commit()
+    order = orders.reload(order_id)
+    click.echo(f"order {order_id} resolved ({done.action}) by {done.by}: now [{order.status}], no longer held")
 
 
 @orders_cli.command("review")

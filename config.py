@@ -28,6 +28,13 @@ MAX_RETRY_DEADLINE = 25.0  # the contract: retries end "well under 30 s"
 # Monime's OpenAPI (caph.2025-08-23): a webhook's verificationMethod.secret has minLength 32.
 MONIME_MIN_WEBHOOK_SECRET = 32
 
+# API_KEYS: comma-separated name:key pairs. A name is what the audit records ("who"); a key is
+# at least MIN_API_KEY characters of printable ASCII without spaces or commas (e.g. 32 random
+# characters from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`).
+API_KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+API_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII but space and ','
+MIN_API_KEY = 24
+
 # scheme://host[:port][/path], nothing else: the shape of every URL setting. The host is DNS
 # labels (an IDN in its xn-- form), an IPv4 address or a bracketed IPv6 one; the path is
 # RFC 3986 path characters without ';' (parameters).
@@ -67,6 +74,8 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict:
         "RATELIMIT_SWALLOW_ERRORS": True,  # rate-limit storage down: take payments rather than refuse them
         "PROXY_HOPS": get("PROXY_HOPS", "0"),
         "CATALOG_FILE": get("CATALOG_FILE", ""),
+        "API_KEYS": get("API_KEYS", ""),
+        "ORDER_FEED_DELAY": get("ORDER_FEED_DELAY", "5"),
         "LOG_LEVEL": get("LOG_LEVEL", "INFO"),
         "NOTIFY_URL": get("NOTIFY_URL", ""),
         "NOTIFY_SECRET": get("NOTIFY_SECRET", ""),
@@ -122,6 +131,9 @@ def check(config: dict, *, relaxed: bool) -> None:
     config["CORS_ORIGINS"] = [origin.rstrip("/") for origin in comma_list(config.get("CORS_ORIGINS"))]
     problems += [f"CORS_ORIGINS: {o!r} is not an origin" for o in config["CORS_ORIGINS"] if not is_origin(o)]
 
+    config["API_KEYS"], key_problems = api_keys(config.get("API_KEYS"))
+    problems += key_problems
+
     for name in ("RATELIMIT_CHECKOUT", "RATELIMIT_REDIRECT_LOOKUPS"):
         try:
             limits.parse_many(config[name])
@@ -138,6 +150,7 @@ def check(config: dict, *, relaxed: bool) -> None:
         "MONIME_READ_TIMEOUT",
         "MONIME_RETRY_DEADLINE",
         "MONIME_VERIFY_TIMEOUT",
+        "ORDER_FEED_DELAY",
     ):
         try:
             config[name] = float(config[name])
@@ -206,6 +219,30 @@ def duration_seconds(value) -> float:
     if not match:
         raise ValueError(f"{value!r} is not a duration like 90s, 10m, 2h or 1d")
     return float(match[1]) * DURATION_UNITS[match[2]]
+
+
+def api_keys(value) -> tuple[dict[str, str], list[str]]:
+    """API_KEYS ("name:key,name:key") as {name: key}, and the problems with it. A pair is
+    named by its position, never shown, as its key is a secret. Already a dict: kept."""
+    if isinstance(value, dict):
+        return value, []
+    keys, problems = {}, []
+    for position, pair in enumerate(comma_list(value), 1):
+        name, colon, key = pair.partition(":")
+        where = f"API_KEYS: pair {position}"
+        if not colon:
+            problems.append(f"{where} is not name:key")
+            continue
+        if not API_KEY_NAME.fullmatch(name):
+            problems.append(f"{where} needs a name of 1-64 letters, digits, '_', '.' or '-' before its ':'")
+        elif name in keys:
+            problems.append(f"{where} repeats the name {name!r}")
+        if len(key) < MIN_API_KEY or not API_KEY.fullmatch(key):
+            problems.append(f"{where} needs a key of at least {MIN_API_KEY} printable characters, no spaces")
+        elif key in keys.values():
+            problems.append(f"{where} repeats the key of another pair")
+        keys.setdefault(name, key)
+    return keys, problems
 
 
 def comma_list(value) -> list[str]:

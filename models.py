@@ -93,6 +93,34 @@ class Order(db.Model):
         return {"reason": self.review_reason, "eventId": self.review_event_id} if self.review_reason else None
 
 
+# The order feed (feed.py) pages by (updated_at, id), with or without a status.
+Index("ix_orders_updated_at_id", Order.updated_at, Order.id)
+Index("ix_orders_status_updated_at_id", Order.status, Order.updated_at, Order.id)
+
+
+class OrderResolution(db.Model):
+    """A person's resolution of an order held for review (orders.resolve): who, when, why,
+    what they did and what the order was before. Never changed once written."""
+
+    __tablename__ = "order_resolutions"
+    __table_args__ = (CheckConstraint("action IN ('complete', 'dismiss')", name="action_known"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # complete: status -> completed; dismiss: status kept
+    by: Mapped[str] = mapped_column(String(100))  # an API key's name, or the shell user of the CLI
+    via: Mapped[str] = mapped_column(String(16))  # api or cli
+    note: Mapped[str] = mapped_column(String(500))  # why
+    previous_status: Mapped[str] = mapped_column(String(16))
+    previous_review_reason: Mapped[str] = mapped_column(String(255))
+    previous_review_event_id: Mapped[str | None] = mapped_column(String(255))
+    resolved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def previous_review(self) -> dict:
+        return {"reason": self.previous_review_reason, "eventId": self.previous_review_event_id}
+
+
 class CheckoutSession(db.Model):
     """Every Monime session made for an order, so late events of an earlier
     session still find their order."""

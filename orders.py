@@ -30,7 +30,7 @@ from datetime import UTC, timedelta
 from sqlalchemy import or_, select, update
 
 import notifications
-from models import CheckoutSession, Order, Outcome, Status, db, insert_unless_exists, utcnow
+from models import CheckoutSession, Order, OrderResolution, Outcome, Status, db, insert_unless_exists, utcnow
 from schemas import ORDER_ID_PATTERN
 
 ORDER_ID = re.compile(ORDER_ID_PATTERN)
@@ -234,6 +234,60 @@ def hold(order: Order, reason: str, event_id: str | None) -> tuple[Outcome, str]
     values = {"review_reason": reason[:255], "review_event_id": event_id}
     _change(order, values, columns.review_reason.is_(None), notify="order.held")
     return Outcome.HELD, reason
+
+
+class NotHeld(Exception):
+    """The order is not held for review, so there is nothing to resolve."""
+
+
+# What a person may do with a held order: the values each action sets.
+RESOLUTIONS = {
+    "complete": {"status": Status.COMPLETED},  # a person confirmed the payment: paid, whatever it was
+    "dismiss": {},  # nothing was wrong: the status stays
+}
+
+
+def resolve(order_id: str, action: str, note: str, by: str, via: str) -> OrderResolution:
+    """Resolve the held order `order_id` as a person decided: `action` "complete" (status
+    completed, completed being final) or "dismiss" (status kept); either way the hold is
+    cleared, and an OrderResolution records `by` (an API key's name or a shell user), `via`
+    ("api" or "cli"), the `note` (why) and the order's status and review before. Returns it.
+
+    The order's row is locked first (FOR UPDATE on Postgres, the write lock SQLite's
+    transactions take up front), so what it records as before is what it changed, and the
+    change is a conditional UPDATE on the hold whose row count decides: of two resolutions
+    at once exactly one applies. Raises LookupError for an unknown order, NotHeld when it
+    is not held (also when another resolution came first). Callers commit."""
+    locked = select(Order).where(columns.id == order_id).with_for_update()
+    order = db.session.scalars(locked.execution_options(populate_existing=True)).first()
+    if order is None:
+        raise LookupError(order_id)
+    before = (order.status, order.review_reason, order.review_event_id)
+    cleared = {"review_reason": None, "review_event_id": None}
+    # completing a held order notifies order.completed; one already completed (a double payment) was notified
+    paid = "order.completed" if action == "complete" and before[0] != Status.COMPLETED else None
+    if not _change(order, RESOLUTIONS[action] | cleared, columns.review_reason.is_not(None), notify=paid):
+        raise NotHeld(order_id)
+    resolution = OrderResolution(
+        order_id=order_id,
+        action=action,
+        by=by[:100],
+        via=via,
+        note=note,
+        previous_status=before[0],
+        previous_review_reason=before[1],
+        previous_review_event_id=before[2],
+        resolved_at=utcnow(),
+    )
+    db.session.add(resolution)
+    db.session.flush()
+    return resolution
+
+
+def resolutions(order_id: str) -> list[OrderResolution]:
+    """Every resolution of the order, oldest first."""
+    query = select(OrderResolution).where(OrderResolution.order_id == order_id)
+    return list(db.session.scalars(query.order_by(OrderResolution.resolved_at, OrderResolution.id)))
 
 
 def _change(order: Order, values: dict, *conditions, notify: str | None = None) -> bool:

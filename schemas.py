@@ -237,6 +237,52 @@ class OrderSchema(Schema):
     updatedAt = UtcDateTime(attribute="updated_at", required=True)
 
 
+class FeedQuerySchema(Schema):
+    """GET /api/orders's query: which orders, from where, how many."""
+
+    status = fields.String(validate=validate.OneOf([status.value for status in Status]))
+    after = fields.String(validate=validate.Length(min=1, max=512), metadata={"description": "a `next` cursor"})
+    limit = fields.Integer(strict=False, load_default=50, validate=validate.Range(min=1, max=100))
+
+
+class OrderPageSchema(Schema):
+    """GET /api/orders: a page of the feed."""
+
+    data = fields.List(fields.Nested(OrderSchema), required=True)
+    next = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `after` for what follows; null: nothing yet, ask again later with yours"},
+    )
+
+
+RESOLUTION_ACTIONS = ("complete", "dismiss")
+
+
+class ResolveRequestSchema(Schema):
+    """POST /api/orders/<orderId>/resolve, and `flask orders resolve`."""
+
+    action = fields.String(
+        required=True,
+        validate=validate.OneOf(RESOLUTION_ACTIONS),
+        metadata={"description": "complete: the payment is confirmed, the order completed; dismiss: status kept"},
+    )
+    note = text(500, required=True, min_length=1)
+
+
+class ResolutionSchema(Schema):
+    """What POST /api/orders/<orderId>/resolve did, as recorded."""
+
+    orderId = fields.String(attribute="order_id", required=True)
+    action = fields.String(required=True, validate=validate.OneOf(RESOLUTION_ACTIONS))
+    by = fields.String(required=True, metadata={"description": "the API key's name, or the shell user"})
+    note = fields.String(required=True)
+    previousStatus = fields.String(attribute="previous_status", required=True)
+    previousReview = fields.Nested(ReviewSchema, attribute="previous_review", required=True)
+    resolvedAt = UtcDateTime(attribute="resolved_at", required=True)
+    order = fields.Nested(OrderSchema, required=True, metadata={"description": "the order, resolved"})
+
+
 class CheckoutCreatedSchema(Schema):
     orderId = fields.String(required=True)
     sessionId = fields.String(required=True)

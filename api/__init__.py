@@ -1,10 +1,10 @@
 """The HTTP surface: one blueprint per area, JSON errors everywhere."""
 
-from api import checkout, errors, guard, status, webhooks
+from api import backend, checkout, errors, guard, status, webhooks
 
 
 def init_app(app) -> None:
     guard.init_app(app)
-    for module in (checkout, webhooks, status):
+    for module in (checkout, webhooks, status, backend):
         app.register_blueprint(module.bp)
     errors.init_app(app)

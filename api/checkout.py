@@ -4,18 +4,17 @@ import logging
 from urllib.parse import quote, urlencode
 
 from flask import Blueprint, current_app, redirect, request
-from marshmallow import ValidationError
 
 import events
 import logs
 import monime
 import orders
+from api.bodies import load_json_request
 from api.errors import ApiError
 from api.guard import checkout_limit, limiter, within_redirect_lookup_limit
 from catalog import checkout_schema
 from metrics import CHECKOUTS
 from models import Order, Status, db, read_only
-from schemas import load_json
 
 MAX_CHECKOUT_BYTES = 64 * 1024  # the largest valid order is about 30 KiB
 
@@ -74,19 +73,7 @@ def load_checkout_request() -> dict:
     """The request's order, loaded by the checkout schema (amounts in minor units). Raises ApiError:
     415 not JSON, 413 over MAX_CHECKOUT_BYTES (chunked too), 400 not a JSON object within
     schemas.load_json's limits (invalid_json) or not a valid order (validation_failed)."""
-    if not request.is_json:
-        raise ApiError(415, "unsupported_media_type", "Send the order as JSON with Content-Type: application/json.")
-    request.max_content_length = MAX_CHECKOUT_BYTES
-    try:
-        body = load_json(request.get_data())  # over MAX_CHECKOUT_BYTES: 413, however the body is framed
-    except ValueError as exc:
-        raise ApiError(400, "invalid_json", f"The request body must be a JSON object: {exc}.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
-    try:
-        return checkout_schema().load(body)
-    except ValidationError as exc:
-        raise ApiError(400, "validation_failed", "The order is not valid.", fields=exc.messages) from None
+    return load_json_request(checkout_schema(), MAX_CHECKOUT_BYTES, "order")
 
 
 def call_monime(order: Order) -> dict:

@@ -27,7 +27,16 @@ from sqlalchemy.engine import make_url
 import simulator as simulator_package
 from app import create_app
 from models import db
-from support import APP_URL, PREVIOUS_WEBHOOK_SECRET, PUBLIC_BASE_URL, WEBHOOK_SECRET, serving, wait_for
+from support import (
+    API_KEYS,
+    APP_URL,
+    ORDER_FEED_DELAY,
+    PREVIOUS_WEBHOOK_SECRET,
+    PUBLIC_BASE_URL,
+    WEBHOOK_SECRET,
+    serving,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIPPED_POSTGRES: list[str] = []
@@ -44,6 +53,8 @@ def service_settings(database_url: str, simulator_url: str) -> dict[str, str]:
         "MONIME_WEBHOOK_SECRET": f"{WEBHOOK_SECRET},{PREVIOUS_WEBHOOK_SECRET}",
         "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
         "APP_URL": APP_URL,
+        "API_KEYS": API_KEYS,
+        "ORDER_FEED_DELAY": str(ORDER_FEED_DELAY),
         "RATELIMIT_CHECKOUT": "100000/minute",  # the rate-limit tests set their own
         "RATELIMIT_REDIRECT_LOOKUPS": "100000/minute",
         # short, so failure paths are quick to test

@@ -23,6 +23,12 @@ PREVIOUS_WEBHOOK_SECRET = "whsec_test_previous_0123456789abcdef012345678"  # sti
 PUBLIC_BASE_URL = "http://checkout.test"
 APP_URL = "https://shop.example"
 WEBHOOK_PATH = "/api/webhooks/monime"
+# API_KEYS of the service under test: the shop backend's key, and another.
+API_KEY_NAME = "shop-backend"
+API_KEY = "test-key-0123456789abcdefghij"
+API_KEYS = f"{API_KEY_NAME}:{API_KEY},ops:another-test-key-0123456789abcdef"
+BEARER = {"Authorization": f"Bearer {API_KEY}"}
+ORDER_FEED_DELAY = 2.0  # seconds; the feed serves changes this old (tests/test_backend_api.py waits for them)
 
 
 def wait_for(predicate: Callable, timeout: float, message: str | Callable[[], str], interval: float = 0.02):

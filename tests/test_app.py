@@ -117,3 +117,15 @@ def test_webhooks_and_health_are_never_cross_origin(cors_client):
     for path in (WEBHOOK_PATH, "/healthz"):
         response = cors_client.open(path, method="OPTIONS", headers={"Origin": "https://shop.example"})
         assert "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/api/orders", "/api/orders/ord_x/resolve"])
+def test_the_backend_api_is_never_cross_origin(cors_client, path):
+    """It takes an API key, which no browser should hold."""
+    for method in ("OPTIONS", "GET", "POST"):
+        response = cors_client.open(
+            path,
+            method=method,
+            headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert "Access-Control-Allow-Origin" not in response.headers, (method, response.status_code)

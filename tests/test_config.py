@@ -248,3 +248,37 @@ def test_notify_retry_for_is_a_duration(value, seconds):
 )
 def test_bad_notification_settings_are_named(changes, problem):
     assert problem in refusal(**changes)
+
+
+def test_api_keys_are_name_key_pairs():
+    config = from_environment(VALID | {"API_KEYS": " shop:k" + "x" * 30 + " , ops.team:" + "y" * 24})
+    check(config, relaxed=False)
+    assert config["API_KEYS"] == {"shop": "k" + "x" * 30, "ops.team": "y" * 24}
+    check(empty := from_environment(VALID), relaxed=False)
+    assert empty["API_KEYS"] == {}  # no key: the feed and resolve answer 401 to everyone
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("k" * 30, "pair 1 is not name:key"),
+        (":" + "k" * 30, "pair 1 needs a name"),
+        ("shop:short-secret-value", "pair 1 needs a key of at least 24"),
+        ("shop:", "pair 1 needs a key of at least 24"),
+        ("shop:with a space in the secret key", "pair 1 needs a key"),
+        ("sh op:" + "k" * 30, "pair 1 needs a name"),
+        ("shop:" + "k" * 30 + ",shop:" + "j" * 30, "pair 2 repeats the name 'shop'"),
+        ("shop:" + "k" * 30 + ",ops:" + "k" * 30, "pair 2 repeats the key of another pair"),
+    ],
+)
+def test_api_keys_are_checked_and_never_shown(value, problem):
+    message = refusal(API_KEYS=value)
+    assert problem in message
+    assert "kkkkkkkkkkkkkk" not in message and "secret" not in message.replace("API_KEYS", "")
+
+
+def test_the_order_feed_delay_is_a_positive_number_of_seconds():
+    assert "ORDER_FEED_DELAY must be a positive number" in refusal(ORDER_FEED_DELAY="0")
+    config = from_environment(VALID)
+    check(config, relaxed=False)
+    assert config["ORDER_FEED_DELAY"] == 5.0

@@ -21,7 +21,7 @@ from conftest import make_app, service_settings
 from models import Order, WebhookEvent, db
 from schemas import MAX_JSON_DEPTH
 from signatures import HEADER, sign
-from support import WEBHOOK_PATH, WEBHOOK_SECRET, chunked, exchange, order_payload
+from support import BEARER, WEBHOOK_PATH, WEBHOOK_SECRET, chunked, exchange, order_payload
 
 FUZZ = settings(
     max_examples=200,
@@ -246,6 +246,8 @@ def test_every_endpoint_is_fuzzed(app):
         "/api/checkout/success",
         "/api/checkout/cancel",
         "/api/orders/<order_id>",
+        "/api/orders",
+        "/api/orders/<order_id>/resolve",
         WEBHOOK_PATH,
         "/healthz",
         "/metrics",
@@ -289,6 +291,23 @@ def test_no_request_gets_a_5xx_or_stores_anything_when_refused(service, data):
 def test_no_checkout_gets_a_5xx_or_stores_anything_when_refused(service, body, content_type, request_headers):
     """Mostly order-shaped JSON, so the schema, the catalog and Monime's answer are reached too."""
     send(service, "POST", "/api/checkout", body, request_headers | {"Content-Type": content_type}, "")
+
+
+feed_queries = st.lists(
+    st.tuples(st.sampled_from(["status", "after", "limit", "x"]) | percent_encoded, percent_encoded | latin1),
+    max_size=3,
+).map(lambda pairs: "&".join(f"{key}={value}" for key, value in pairs))
+resolutions = st.fixed_dictionaries(
+    {}, optional={"action": st.sampled_from(['"complete"', '"dismiss"']) | json_scalars, "note": json_values}
+).map(json_object)
+
+
+@FUZZ
+@given(query=feed_queries, body=resolutions.map(str.encode) | bodies, order_id=st.sampled_from(["ord_1", "%00"]))
+def test_no_feed_query_or_resolution_with_a_key_gets_a_5xx(app, query, body, order_id):
+    """With a valid API key, so the query and body parsing of the backend API are reached."""
+    send(app, "GET", "/api/orders", b"", BEARER, query)
+    send(app, "POST", f"/api/orders/{order_id}/resolve", body, BEARER | {"Content-Type": "application/json"}, "")
 
 
 @FUZZ

@@ -40,6 +40,23 @@ PREVIOUS_HEADS = {
             }
         },
     ),
+    "3b1f0c2a9d47": (
+        set(),
+        {
+            "order_resolutions": {
+                "id",
+                "order_id",
+                "action",
+                "by",
+                "via",
+                "note",
+                "previous_status",
+                "previous_review_reason",
+                "previous_review_event_id",
+                "resolved_at",
+            }
+        },
+    ),
 }
 
 CONCURRENT_UPGRADES = 4

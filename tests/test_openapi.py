@@ -13,6 +13,8 @@ OPERATIONS = {
     ("post", "/api/checkout/success"),
     ("get", "/api/checkout/cancel"),
     ("get", "/api/orders/{orderId}"),
+    ("get", "/api/orders"),
+    ("post", "/api/orders/{orderId}/resolve"),
     ("post", "/api/webhooks/monime"),
     ("get", "/livez"),
     ("get", "/healthz"),
@@ -33,6 +35,16 @@ def test_the_document_describes_every_endpoint_its_errors_and_headers(client):
     assert checkout["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
     webhook = spec["paths"]["/api/webhooks/monime"]["post"]
     assert webhook["parameters"][0]["name"] == "Monime-Signature"
+    assert spec["components"]["securitySchemes"] == {
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "One of the service's API_KEYS."}
+    }
+    for method, path in (("get", "/api/orders"), ("post", "/api/orders/{orderId}/resolve")):
+        operation = spec["paths"][path][method]
+        assert operation["security"] == [{"apiKey": []}]
+        assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+    feed_parameters = {p["name"]: p for p in spec["paths"]["/api/orders"]["get"]["parameters"]}
+    assert feed_parameters["limit"]["schema"] == {"type": "integer", "default": 50, "minimum": 1, "maximum": 100}
+    assert feed_parameters["status"]["schema"]["enum"] == ["pending", "completed", "cancelled", "expired"]
     line_item = spec["components"]["schemas"]["LineItem"]["properties"]
     assert line_item["quantity"] == {"type": "integer", "default": 1, "minimum": 1, "maximum": 100000}
 
