@@ -22,7 +22,7 @@ from werkzeug.wrappers import Request, Response
 import notifications
 from conftest import ROOT, LiveClient, gunicorn, make_app, service_settings
 from models import Notification, NotificationStatus, db
-from support import checkout, deliver, items, metric, order, scrape, serving, signed_event, wait_for
+from support import BEARER, checkout, deliver, items, metric, order, scrape, serving, signed_event, wait_for
 
 SECRET = "whsec_" + base64.b64encode(b"notifications: the current key").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"notifications: the key before").decode()
@@ -169,6 +169,27 @@ def test_each_change_is_notified_once_signed_with_every_secret_and_showing_the_o
     held_notification = next(d["body"] for d in delivered if d["body"]["type"] == "order.held")
     assert held_notification["order"]["review"]["eventId"] == mismatch["id"]
     assert receiver.unverified == 0
+
+
+def test_resolving_a_held_order_as_paid_is_notified_and_a_dismissal_is_not(notifying, simulator, receiver):
+    """A person completing a held order changes its status: order.completed, like any other
+    change. Dismissing the hold leaves the status, and no notification type says that."""
+    service = notifying(NOTIFY_RELAY="0")
+    api = service.test_client()
+    confirmed, dismissed = checkout(api), checkout(api)
+    for body in (confirmed, dismissed):
+        mismatch = signed_event("checkout_session.completed", body["sessionId"], line_items=items(1))
+        assert deliver(api, mismatch).get_json()["outcome"] == "held"
+    for body, action in ((confirmed, "complete"), (dismissed, "dismiss")):
+        resolution = {"action": action, "note": "checked with the bank"}
+        assert api.post(f"/api/orders/{body['orderId']}/resolve", json=resolution, headers=BEARER).status_code == 200
+
+    written = [(row.type, row.order_id) for row in stored(service)]
+    assert written == [
+        ("order.held", confirmed["orderId"]),
+        ("order.held", dismissed["orderId"]),
+        ("order.completed", confirmed["orderId"]),
+    ]
 
 
 def test_the_receiver_verifies_with_the_previous_secret_during_a_rotation(notifying, simulator):
