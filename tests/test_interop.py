@@ -134,7 +134,7 @@ def test_the_package_reuses_one_idempotency_key_per_process_so_its_second_create
     first, again, other = monime_package(simulator, create(), create(), create("Another order"))
 
     assert again["data"]["result"]["id"] == first["data"]["result"]["id"]
-    monime_error(other, 409, "idempotency_conflict")
+    monime_error(other, 409, "idempotency_key_in_use")
     assert len(simulator.sessions()) == 1
 
 
