@@ -14,6 +14,7 @@ from sqlalchemy import or_, select
 import events
 import notifications
 import orders
+import sync
 from config import duration_seconds
 from models import (
     CheckoutSession,
@@ -52,7 +53,7 @@ class Duration(click.ParamType):
 @click.option("--dry-run", is_flag=True, help="Ask Monime and report, but change nothing.")
 def reconcile(older_than: timedelta, limit: int, dry_run: bool) -> None:
     """Bring pending orders up to Monime's truth, for webhooks that never arrived."""
-    tally = events.reconcile(older_than, limit, dry_run)
+    tally = sync.reconcile(older_than, limit, dry_run)
     counts = ", ".join(f"{outcome} {count}" for outcome, count in sorted(tally.items())) or "nothing to do"
     click.echo(f"{'would reconcile' if dry_run else 'reconciled'} {sum(tally.values())} orders: {counts}")
     if tally[Outcome.FAILED]:

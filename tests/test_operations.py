@@ -8,9 +8,9 @@ import pytest
 import requests
 
 from conftest import make_app, service_settings
-from events import reconcile
 from models import Order, WebhookEvent, db
 from support import WEBHOOK_PATH, checkout, deliver, order, order_payload, signed_event
+from sync import reconcile
 
 ENDINGS = ["complete", "cancel", "expire", None]  # None: the shopper has not decided yet
 TRUTH = {"complete": "completed", "cancel": "cancelled", "expire": "expired", None: "pending"}

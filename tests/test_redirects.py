@@ -8,9 +8,9 @@ import requests
 from test_sqlite_readers import sqlite_only, write_lock_held
 
 from conftest import APP_URL, LiveClient, make_app, service_settings
-from events import REDIRECT_LOOKUP_INTERVAL
 from models import Order, db, utcnow
 from support import across_both_workers, all_at_once, checkout, deliver, metric, order, scrape
+from sync import REDIRECT_LOOKUP_INTERVAL
 
 
 def back(api, page: str, order_id: str | None, method: str = "GET", **query):

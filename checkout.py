@@ -1,0 +1,99 @@
+"""Creating a checkout: an order placed once per orderId, and one Monime checkout session for
+its current attempt, however often and however concurrently it is submitted.
+
+`start` is the whole flow; the HTTP layer (api/checkout.py) loads the request and maps the
+errors raised here to responses. No database transaction is held open while Monime is asked.
+"""
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from flask import current_app
+
+import monime
+import orders
+from models import Order, Status, db
+
+log = logging.getLogger(__name__)
+
+
+class OrderConflict(Exception):
+    """The orderId was already submitted with different content (contract: 409 order_conflict)."""
+
+
+class OrderAlreadyPaid(Exception):
+    """The order is completed: it gets no new session (contract: 409 order_completed)."""
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """Where to send the shopper: the order's current Monime session. `created` is True when
+    this call made the session, False when an earlier (or concurrent) submission had."""
+
+    order_id: str
+    session_id: str
+    redirect_url: str | None
+    created: bool
+
+
+def start(draft: dict) -> Checkout:
+    """Place the order `draft` (a loaded checkout request, amounts in minor units) and give it
+    a Monime checkout session: the one it has, else a new one made under the order's stored
+    Idempotency-Key (a cancelled or expired order starts a new attempt under a new key).
+
+    Raises OrderConflict (same orderId, other content), OrderAlreadyPaid, and monime's typed
+    errors (MonimeTimeout, MonimeUnavailable, MonimeRejected) when Monime made no session;
+    submitting the same order again retries under the same key."""
+    order = orders.place(draft)
+    if order.fingerprint != orders.fingerprint(draft):
+        raise OrderConflict(f"Order {order.id!r} was already submitted with different content.")
+    _refuse_if_paid(order)
+    if order.status in orders.FINAL_UNPAID:
+        order = orders.start_new_attempt(order)
+    session = orders.current_session(order)
+    db.session.commit()  # the order and its Idempotency-Key are stored before Monime is called
+    if session is not None:
+        return Checkout(order.id, session.id, session.redirect_url, created=False)
+
+    made = monime.client().create_session(session_request(order), order.idempotency_key)
+    made_id, made_url = made["id"], made.get("redirectUrl")
+    if orders.record_session(order, made_id, made_url):
+        db.session.commit()
+        log.info("checkout session created", extra={"data": {"sessionId": made_id}})
+        return Checkout(order.id, made_id, made_url, created=True)
+    # While Monime answered, a concurrent request recorded a session, or a late
+    # completion of an earlier session paid the order: never hand out a second one.
+    order = orders.reload(order.id)
+    session = orders.current_session(order)
+    db.session.commit()
+    _refuse_if_paid(order)
+    if session is None:  # a newer attempt has begun and not recorded its session yet
+        return Checkout(order.id, made_id, made_url, created=False)
+    return Checkout(order.id, session.id, session.redirect_url, created=False)
+
+
+def session_request(order: Order) -> dict:
+    """The CreateCheckoutSession body (Monime's OpenAPI) for an order, built only from what is
+    stored, so every retry under the order's Idempotency-Key sends the same request."""
+    body = {
+        "name": order.name,
+        "reference": order.id,
+        "successUrl": own_url("/api/checkout/success", order.id),
+        "cancelUrl": own_url("/api/checkout/cancel", order.id),
+        "lineItems": [{key: value for key, value in item.items() if value is not None} for item in order.line_items],
+        "metadata": {**order.client_metadata, "orderId": order.id},
+    }
+    optional = {"description": order.description, "callbackState": order.callback_state}
+    return body | {key: value for key, value in optional.items() if value is not None}
+
+
+def own_url(path: str, order_id: str) -> str:
+    """This service's URL (PUBLIC_BASE_URL) of `path` for the order: where Monime sends the shopper back."""
+    # ':' is legal in a query and keeps a 100-character orderId inside Monime's URL limit
+    return f"{current_app.config['PUBLIC_BASE_URL']}{path}?orderId={quote(order_id, safe=':')}"
+
+
+def _refuse_if_paid(order: Order) -> None:
+    if order.status == Status.COMPLETED:
+        raise OrderAlreadyPaid(f"Order {order.id!r} is already paid.")
