@@ -13,7 +13,7 @@ from flask import current_app
 
 import monime
 import orders
-from models import Order, Status, db
+from models import Order, Status, transaction
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +45,30 @@ def start(draft: dict) -> Checkout:
     Raises OrderConflict (same orderId, other content), OrderAlreadyPaid, and monime's typed
     errors (MonimeTimeout, MonimeUnavailable, MonimeRejected) when Monime made no session;
     submitting the same order again retries under the same key."""
-    order = orders.place(draft)
-    if order.fingerprint != orders.fingerprint(draft):
-        raise OrderConflict(f"Order {order.id!r} was already submitted with different content.")
-    _refuse_if_paid(order)
-    if order.status in orders.FINAL_UNPAID:
-        order = orders.start_new_attempt(order)
-    session = orders.current_session(order)
-    db.session.commit()  # the order and its Idempotency-Key are stored before Monime is called
+    with transaction():
+        order = orders.place(draft)
+        if order.fingerprint != orders.fingerprint(draft):
+            raise OrderConflict(f"Order {order.id!r} was already submitted with different content.")
+        _refuse_if_paid(order)
+        if order.status in orders.FINAL_UNPAID:
+            order = orders.start_new_attempt(order)
+        session = orders.current_session(order)
+    # the order and its Idempotency-Key are stored before Monime is called
     if session is not None:
         return Checkout(order.id, session.id, session.redirect_url, created=False)
 
     made = monime.client().create_session(session_request(order), order.idempotency_key)
     made_id, made_url = made["id"], made.get("redirectUrl")
-    if orders.record_session(order, made_id, made_url):
-        db.session.commit()
+    with transaction():
+        recorded = orders.record_session(order, made_id, made_url)
+        if not recorded:
+            # While Monime answered, a concurrent request recorded a session, or a late
+            # completion of an earlier session paid the order: never hand out a second one.
+            order = orders.reload(order.id)
+            session = orders.current_session(order)
+    if recorded:
         log.info("checkout session created", extra={"data": {"sessionId": made_id}})
         return Checkout(order.id, made_id, made_url, created=True)
-    # While Monime answered, a concurrent request recorded a session, or a late
-    # completion of an earlier session paid the order: never hand out a second one.
-    order = orders.reload(order.id)
-    session = orders.current_session(order)
-    db.session.commit()
     _refuse_if_paid(order)
     if session is None:  # a newer attempt has begun and not recorded its session yet
         return Checkout(order.id, made_id, made_url, created=False)

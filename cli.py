@@ -25,6 +25,7 @@ from models import (
     WebhookEvent,
     WebhookEventVariant,
     db,
+    transaction,
 )
 from schemas import ResolveRequestSchema
 
@@ -110,11 +111,10 @@ def resolve(order_id: str, complete: bool, dismiss: bool, note: str) -> None:
     if orders.get(order_id) is None:
         raise click.ClickException(f"no order {order_id!r}")
     try:
-        done = orders.resolve(order_id, wanted["action"], wanted["note"], by=getpass.getuser(), via="cli")
+        with transaction():
+            done = orders.resolve(order_id, wanted["action"], wanted["note"], by=getpass.getuser(), via="cli")
     except orders.NotHeld:
-        db.session.rollback()
         raise click.ClickException(f"order {order_id!r} is not held for review") from None
-    db.session.commit()
     order = orders.reload(order_id)
     click.echo(f"order {order_id} resolved ({done.action}) by {done.by}: now [{order.status}], no longer held")
 
@@ -214,8 +214,8 @@ def redeliver(notification_id: str | None, dead: bool) -> None:
     """Deliver a notification again (any status), or every dead one, with a fresh NOTIFY_RETRY_FOR."""
     if bool(notification_id) == dead:
         raise click.UsageError("give one notification id, or --dead")
-    count = notifications.redeliver(notification_id, dead)
-    db.session.commit()
+    with transaction():
+        count = notifications.redeliver(notification_id, dead)
     if notification_id and not count:
         raise click.ClickException(f"no notification {notification_id!r}")
     click.echo(f"{count} notification{'s' if count != 1 else ''} to be delivered again")

@@ -27,6 +27,7 @@ from models import (
     WebhookEventVariant,
     db,
     insert_unless_exists,
+    transaction,
     utcnow,
 )
 from orders import SessionReport
@@ -69,7 +70,8 @@ def parse(text: str) -> dict:
 def replay(event_id: str) -> Receipt | None:
     """Run a stored event through `receive` again: a failed one is processed,
     a processed one changes nothing. None when no such event is stored."""
-    body = db.session.scalar(select(WebhookEvent.body).where(WebhookEvent.id == event_id))
+    with transaction():
+        body = db.session.scalar(select(WebhookEvent.body).where(WebhookEvent.id == event_id))
     if body is None:
         return None
     return receive(body, parse(body))
@@ -78,17 +80,26 @@ def replay(event_id: str) -> Receipt | None:
 def receive(body: str, envelope: dict) -> Receipt:
     """Process one verified event, once per event id; concurrent deliveries
     of the same id wait for the first one and are reported as duplicates (a
-    different body under a stored id is held for review, see `_repeat`)."""
+    different body under a stored id is held for review, see `_repeat`).
+
+    `body` is the verified request body (UTF-8 text), `envelope` the event it parses to
+    (signatures.verify's result). A completion without line items is confirmed with Monime
+    first (`_confirm_amount`); raises VerificationUnavailable when Monime cannot be asked
+    (the event is then stored as failed, for a redelivery or `replay`)."""
     event_id, name = envelope["event"]["id"], envelope["event"]["name"]
     report = _report_from(envelope)
     if report and report.session_id and report.status == Status.COMPLETED and not (report.amount or report.problem):
-        if _settled(event_id, body):  # Monime is not asked about an event already processed
+        with transaction():
+            settled = _settled(event_id, body)  # Monime is not asked about an event already processed
+            order = None if settled else orders.find(report)[0]
+        if settled:
             return _repeat(event_id, body, report)
-        try:
-            report = _confirm_amount(report)
-        except VerificationUnavailable as exc:
-            _store_failure(event_id, name, body, report, str(exc))
-            raise
+        if order is not None:
+            try:
+                report = _confirm_amount(report)
+            except VerificationUnavailable as exc:
+                _store_failure(event_id, name, body, report, str(exc))
+                raise
     return _process(event_id, name, body, report)
 
 
@@ -138,11 +149,9 @@ def order_number(value, session_id: str) -> str | None:
 
 
 def _confirm_amount(report: SessionReport) -> SessionReport:
-    """A completion without line items is checked against the session Monime holds."""
-    order, _ = orders.find(report)
-    db.session.commit()  # end the read before asking Monime
-    if order is None:
-        return report
+    """A completion without line items, checked against the session Monime holds (a lookup,
+    within MONIME_VERIFY_TIMEOUT): the report with the session's amount, or with the problem
+    that Monime does not know it. Raises VerificationUnavailable when Monime cannot answer."""
     try:
         session = monime.client().get_session(report.session_id)
     except monime.MonimeNotFound:
@@ -169,21 +178,27 @@ def _amount(session: dict) -> tuple[tuple[str, int] | None, str | None]:
 
 
 def _process(event_id, name, body, report) -> Receipt:
-    if not _claim(event_id, name, body, report):
+    """Store the event and apply its report to its order, in one transaction; a delivery of
+    an event id stored already is a repeat (`_repeat`)."""
+    with transaction():
+        claimed = _claim(event_id, name, body, report)
+        if claimed:
+            order, by_reference = orders.find(report) if report and report.session_id else (None, False)
+            if report is None:
+                outcome, detail = Outcome.IGNORED, f"{name} is not acted on"
+            elif order is None:
+                outcome, detail = Outcome.UNMATCHED, f"no order knows session {report.session_id or '(none)'}"
+            else:
+                outcome, detail = orders.apply(order, report, event_id, by_reference)
+            db.session.execute(
+                update(events_table)
+                .where(events_table.c.id == event_id)
+                .values(
+                    outcome=outcome, detail=detail and detail[:255], order_id=order and order.id, processed_at=utcnow()
+                )
+            )
+    if not claimed:
         return _repeat(event_id, body, report)
-    order, by_reference = orders.find(report) if report and report.session_id else (None, False)
-    if report is None:
-        outcome, detail = Outcome.IGNORED, f"{name} is not acted on"
-    elif order is None:
-        outcome, detail = Outcome.UNMATCHED, f"no order knows session {report.session_id or '(none)'}"
-    else:
-        outcome, detail = orders.apply(order, report, event_id, by_reference)
-    db.session.execute(
-        update(events_table)
-        .where(events_table.c.id == event_id)
-        .values(outcome=outcome, detail=detail and detail[:255], order_id=order and order.id, processed_at=utcnow())
-    )
-    db.session.commit()
     logs.bind(orderId=order and order.id)
     data = {"event": name, "outcome": outcome, "orderNumber": report and report.order_number}
     log.info("webhook event processed", extra={"data": data})
@@ -207,11 +222,13 @@ def _claim(event_id, name, body, report) -> bool:
 
 def _store_failure(event_id, name, body, report, detail) -> None:
     """Keep an event we could not process, marked failed, so it can be replayed."""
-    if _claim(event_id, name, body, report):
-        db.session.execute(
-            update(events_table).where(events_table.c.id == event_id).values(detail=detail[:255], processed_at=utcnow())
-        )
-    db.session.commit()
+    with transaction():
+        if _claim(event_id, name, body, report):
+            db.session.execute(
+                update(events_table)
+                .where(events_table.c.id == event_id)
+                .values(detail=detail[:255], processed_at=utcnow())
+            )
 
 
 def _settled(event_id: str, body: str) -> bool:
@@ -229,19 +246,20 @@ def _repeat(event_id: str, body: str, report: SessionReport | None) -> Receipt:
     once, and which body is true needs a person): it is kept, once per
     distinct body, and every order either body concerns is held for review.
     Either way the delivery is acknowledged, so Monime stops retrying."""
-    stored = db.session.execute(
-        select(WebhookEvent.body, WebhookEvent.order_id, WebhookEvent.session_id).where(WebhookEvent.id == event_id)
-    ).one()
-    if stored.body == body:
-        db.session.rollback()
-        return Receipt(event_id, None, duplicate=True)
-    digest = hashlib.sha256(body.encode()).hexdigest()
-    insert_unless_exists(WebhookEventVariant, event_id=event_id, body_sha256=digest, body=body, received_at=utcnow())
-    reason = f"event {event_id} was delivered again with a different body"
-    held = _orders_concerned(stored, report)
-    for order in held:
-        orders.hold(order, reason, event_id)
-    db.session.commit()
+    with transaction():
+        stored = db.session.execute(
+            select(WebhookEvent.body, WebhookEvent.order_id, WebhookEvent.session_id).where(WebhookEvent.id == event_id)
+        ).one()
+        if stored.body == body:
+            return Receipt(event_id, None, duplicate=True)
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        insert_unless_exists(
+            WebhookEventVariant, event_id=event_id, body_sha256=digest, body=body, received_at=utcnow()
+        )
+        reason = f"event {event_id} was delivered again with a different body"
+        held = _orders_concerned(stored, report)
+        for order in held:
+            orders.hold(order, reason, event_id)
     WEBHOOK_EVENT_VARIANTS.inc()
     log.warning(
         "webhook event delivered again with a different body; orders held for review",

@@ -2,6 +2,8 @@
 every verified webhook event, stored raw with what became of it (and any
 other body later delivered under the same event id)."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
@@ -210,6 +212,41 @@ def read_only() -> None:
     Raises sqlalchemy.exc.SQLAlchemyError when the database cannot be reached.
     """
     db.session.connection(execution_options={READ_ONLY: True})
+
+
+@contextmanager
+def transaction(*, only_reads: bool = False, dry_run: bool = False) -> Iterator[None]:
+    """One unit of work of a flow: `with transaction(): ...` commits what the block did when it
+    ends (a `return` inside it too) and rolls it back when it raises (the error goes on). With
+    `only_reads`, the block only reads and begins as `read_only()` does; with `dry_run`, it is
+    rolled back even when it succeeds. Every flow (checkout.py, events.py, sync.py, the relay
+    in notifications.py, the resolve views and commands) commits only through this, and calls
+    Monime only between such blocks: `assert_no_transaction` checks that in tests.
+    Raises sqlalchemy.exc.SQLAlchemyError when the database fails."""
+    if only_reads:
+        read_only()
+    try:
+        yield
+    except BaseException:
+        db.session.rollback()
+        raise
+    if dry_run:
+        db.session.rollback()
+    else:
+        db.session.commit()
+
+
+class TransactionOpen(AssertionError):
+    """Monime was about to be called with a database transaction open (a bug: the transaction
+    would hold a connection, and on SQLite maybe the write lock, for as long as Monime takes)."""
+
+
+def assert_no_transaction() -> None:
+    """Raise TransactionOpen when the current session has a transaction open. Installed as
+    monime.MonimeClient.before_call when the app is TESTING (app.py), so a call to Monime
+    from inside a `transaction()` block, or after a read that was not ended, fails loudly."""
+    if db.session().in_transaction():
+        raise TransactionOpen("Monime is being called while a database transaction is open")
 
 
 def share_sqlite_between_workers(engine) -> None:

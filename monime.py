@@ -22,6 +22,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -216,6 +217,14 @@ def _watch(manager):
 
 
 class MonimeClient:
+    """Monime's API (version API_VERSION, paths from Monime's OpenAPI) for one space, over a
+    pooled HTTP session (`pool_size` connections). Timeouts in seconds: `connect_timeout` and
+    `read_timeout` per socket operation, `retry_deadline` the hard total of a create with its
+    retries, `verify_timeout` that of a lookup. `before_call`, when set, runs before every
+    call: in tests it is models.assert_no_transaction (app.py). Errors: MonimeError's kinds."""
+
+    before_call: Callable[[], None] | None = None
+
     def __init__(
         self,
         base_url: str,
@@ -266,6 +275,8 @@ class MonimeClient:
         whichever comes first, waiting between attempts what Monime's Retry-After asks (else
         backing off). Raises MonimeRejected (4xx), MonimeTimeout or MonimeUnavailable, the
         last at once when Monime asks for a wait that would end past the deadline."""
+        if self.before_call is not None:
+            self.before_call()
         with Deadline(deadline) as budget:
             for attempt in itertools.count():
                 remaining = max(budget.remaining(), 0.001)

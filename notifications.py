@@ -40,7 +40,7 @@ from standardwebhooks.webhooks import Webhook
 
 import monime
 from metrics import NOTIFICATION_DELIVERIES
-from models import Notification, NotificationStatus, Order, db, read_only, utcnow
+from models import Notification, NotificationStatus, Order, db, transaction, utcnow
 from schemas import OrderSchema, UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -121,15 +121,18 @@ def _due(now: datetime, *wanted):
 def anything_due() -> bool:
     """Whether a notification is due and unclaimed, read without the write lock (models.read_only),
     so an idle relay's polling never queues SQLite's writers. Ends its transaction."""
-    read_only()
-    found = db.session.execute(_due(utcnow(), columns.id).limit(1)).first() is not None
-    db.session.commit()
-    return found
+    with transaction(only_reads=True):
+        return db.session.execute(_due(utcnow(), columns.id).limit(1)).first() is not None
 
 
 def claim(limit: int, lease: float) -> list[Claimed]:
     """Take up to `limit` due notifications for `lease` seconds, oldest due first, and commit.
     Rows another relay holds (locked, or leased until later) are passed over."""
+    with transaction():
+        return _claim(limit, lease)
+
+
+def _claim(limit: int, lease: float) -> list[Claimed]:
     now = utcnow()
     due = (
         _due(now, columns.id, columns.body, columns.attempts, columns.retry_until)
@@ -144,7 +147,6 @@ def claim(limit: int, lease: float) -> list[Claimed]:
             .where(columns.id.in_([row.id for row in rows]))
             .values(claimed_until=now + timedelta(seconds=lease))
         )
-    db.session.commit()
     return rows
 
 
@@ -220,8 +222,8 @@ def drain(http: requests.Session) -> int:
     while anything_due() and (batch := claim(BATCH, lease)):
         for notification in batch:
             error = post(http, notification, config)
-            result = record(notification, error, config["NOTIFY_FIRST_RETRY"])
-            db.session.commit()
+            with transaction():
+                result = record(notification, error, config["NOTIFY_FIRST_RETRY"])
             made += 1
             level = logging.INFO if error is None else logging.WARNING
             log.log(level, "order notification %s", result, extra={"data": {"id": notification.id, "error": error}})

@@ -12,7 +12,8 @@ completed, so the order ends the same whatever order the news arrives in.
 
 Every change is a single conditional UPDATE ... WHERE whose row count says
 whether it happened, so two workers can never both apply a transition, and a
-late, repeated or reordered report can never undo one. Callers commit.
+late, repeated or reordered report can never undo one. Callers commit, each
+flow in its own unit of work (models.transaction).
 
 A change to completed, cancelled or expired, and a hold for review, also
 writes an order notification (notifications.enqueue) in the same transaction,

@@ -17,7 +17,7 @@ import events
 import monime
 import orders
 from metrics import REDIRECT_LOOKUPS_SKIPPED
-from models import CheckoutSession, Order, Outcome, Status, db, utcnow
+from models import CheckoutSession, Order, Outcome, Status, db, transaction, utcnow
 from orders import SessionReport
 
 log = logging.getLogger(__name__)
@@ -30,26 +30,25 @@ def refresh(order_id: str, dry_run: bool = False) -> Outcome | None:
     """Ask Monime for the order's current session and apply what it says
     (with `dry_run`, work out what would change and undo it). None when there
     is nothing to ask; FAILED when Monime cannot be reached; HELD when Monime
-    does not know the session."""
-    order = orders.reload(order_id)
-    if order.status == Status.COMPLETED or not order.checkout_session_id:
-        return None
-    session_id, report = order.checkout_session_id, None
-    db.session.commit()  # no transaction is held while Monime is asked
+    does not know the session. The lookup is monime.MonimeClient.get_session
+    (within MONIME_VERIFY_TIMEOUT seconds)."""
+    with transaction():
+        order = orders.reload(order_id)
+        if order.status == Status.COMPLETED or not order.checkout_session_id:
+            return None
+        session_id, report = order.checkout_session_id, None
     try:
         session = monime.client().get_session(session_id)
     except monime.MonimeNotFound:
-        outcome, detail = orders.hold(orders.reload(order_id), f"Monime does not know session {session_id}", None)
+        with transaction(dry_run=dry_run):
+            outcome, detail = orders.hold(orders.reload(order_id), f"Monime does not know session {session_id}", None)
     except monime.MonimeError as exc:
         log.warning("session lookup failed", extra={"data": {"orderId": order_id, "error": str(exc)}})
         return Outcome.FAILED
     else:
         report = events.looked_up(SessionReport(session_id, session.get("status"), None), session)
-        outcome, detail = orders.apply(orders.reload(order_id), report)
-    if dry_run:
-        db.session.rollback()
-    else:
-        db.session.commit()
+        with transaction(dry_run=dry_run):
+            outcome, detail = orders.apply(orders.reload(order_id), report)
     log.info(
         "order refreshed from Monime",
         extra={
@@ -81,8 +80,8 @@ def refresh_on_return(order: Order, within_client_limit: Callable[[], bool]) -> 
       use up the limit.
 
     Returns the reason it skipped (also counted in redirect_lookups_skipped_total),
-    or None when it asked Monime. `reconcile` calls `refresh` directly, unrationed."""
-    db.session.commit()  # end the read (it may be read_only()): nothing is held while the limit is asked
+    or None when it asked Monime. `reconcile` calls `refresh` directly, unrationed.
+    Call it with no transaction open: none is held while the limit is asked."""
     if order.status != Status.PENDING:
         reason = "final"
     elif not orders.lookup_due(order, REDIRECT_LOOKUP_INTERVAL):
@@ -90,8 +89,8 @@ def refresh_on_return(order: Order, within_client_limit: Callable[[], bool]) -> 
     elif not within_client_limit():
         reason = "client_limit"
     else:
-        claimed = orders.claim_lookup(order, REDIRECT_LOOKUP_INTERVAL)
-        db.session.commit()  # the turn is taken before Monime is asked
+        with transaction():  # the turn is taken before Monime is asked
+            claimed = orders.claim_lookup(order, REDIRECT_LOOKUP_INTERVAL)
         if claimed:
             refresh(order.id)
             return None
@@ -113,8 +112,9 @@ def reconcile(older_than: timedelta, limit: int, dry_run: bool = False) -> Count
         .order_by(CheckoutSession.created_at)
         .limit(limit)
     )
+    with transaction():
+        stale_ids = db.session.scalars(stale).all()
     tally = Counter()
-    for order_id in db.session.scalars(stale).all():
+    for order_id in stale_ids:
         tally[refresh(order_id, dry_run) or Outcome.UNCHANGED] += 1
-    db.session.commit()
     return tally

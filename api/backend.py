@@ -12,7 +12,7 @@ import orders
 from api.auth import require_api_key
 from api.bodies import load_json_request
 from api.errors import ApiError
-from models import db, read_only
+from models import read_only, transaction
 from schemas import FeedQuerySchema, OrderSchema, ResolutionSchema, ResolveRequestSchema
 
 MAX_RESOLVE_BYTES = 4 * 1024  # a 500-character note, escaped, and an action
@@ -50,10 +50,9 @@ def resolve_order(order_id: str):
     if orders.get(order_id) is None:  # also an id that cannot be an orderId
         raise ApiError(404, "order_not_found", f"No order has the id {order_id!r}.")
     try:
-        resolution = orders.resolve(order_id, wanted["action"], wanted["note"], by=by, via="api")
+        with transaction():
+            resolution = orders.resolve(order_id, wanted["action"], wanted["note"], by=by, via="api")
     except orders.NotHeld:
-        db.session.rollback()
         raise ApiError(409, "not_held", f"Order {order_id!r} is not held for review.") from None
-    db.session.commit()
     log.info("held order resolved", extra={"data": {"action": resolution.action, "by": g.api_key_name}})
     return ResolutionSchema().dump(resolution) | {"order": OrderSchema().dump(orders.reload(order_id))}

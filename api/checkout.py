@@ -15,7 +15,7 @@ from api.errors import ApiError
 from api.guard import checkout_limit, limiter, within_redirect_lookup_limit
 from catalog import checkout_schema
 from metrics import CHECKOUTS
-from models import read_only
+from models import transaction
 
 MAX_CHECKOUT_BYTES = 64 * 1024  # the largest valid order is about 30 KiB
 
@@ -92,8 +92,8 @@ def back_from_monime(page: str):
     logs.bind(orderId=order_id or None)
     if not order_id:
         raise ApiError(400, "missing_order_id", "The orderId query parameter is required.")
-    read_only()  # most hits only read: on SQLite they need not queue for the write lock
-    order = orders.get(order_id)
+    with transaction(only_reads=True):  # most hits only read: on SQLite they need not queue for the write lock
+        order = orders.get(order_id)
     if order is None:
         raise ApiError(404, "order_not_found", "No order has this orderId.")
     sync.refresh_on_return(order, within_redirect_lookup_limit)

@@ -4,8 +4,9 @@ import itertools
 
 import pytest
 
+import monime
 import orders
-from models import CheckoutSession, Order, Outcome, Status, db
+from models import CheckoutSession, Order, Outcome, Status, TransactionOpen, db, transaction
 from orders import SessionReport
 from schemas import CheckoutRequestSchema
 from support import ORDER_TOTAL, order_payload
@@ -161,3 +162,26 @@ def test_a_late_event_of_an_earlier_session_does_not_take_over_a_new_attempt(ctx
     assert outcome == Outcome.UNCHANGED
     assert (orders.reload(order.id).status, orders.reload(order.id).checkout_session_id) == (Status.PENDING, None)
     assert orders.record_session(orders.reload(order.id), "scs-2", None) is True
+
+
+def test_asking_monime_inside_a_transaction_fails_loudly_in_tests(app, simulator):
+    """The rule every flow keeps (models.transaction): no database transaction is open while
+    Monime is asked. Under TESTING the client checks it before every call."""
+    with app.app_context():
+        with pytest.raises(TransactionOpen), transaction():
+            orders.get("ord_inside")  # a read opens the transaction
+            monime.client().get_session("scs-anything")
+        with transaction():
+            orders.get("ord_outside")
+        with pytest.raises(monime.MonimeNotFound):  # outside a transaction Monime is asked
+            monime.client().get_session("scs-anything")
+
+
+def test_a_transaction_commits_its_block_and_rolls_back_one_that_raises(ctx):
+    with pytest.raises(LookupError), transaction():
+        orders.place(CheckoutRequestSchema().load(order_payload("ord_undone")))
+        raise LookupError
+    with transaction():
+        orders.place(CheckoutRequestSchema().load(order_payload("ord_kept")))
+    assert not db.session().in_transaction()
+    assert orders.get("ord_undone") is None and orders.get("ord_kept").status == Status.PENDING
