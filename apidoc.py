@@ -44,6 +44,8 @@ WWW_AUTHENTICATE = {"description": "Bearer: send an API key.", "schema": {"type"
 
 
 def build(catalog_mode: bool) -> dict:
+    """The OpenAPI 3.0 document of the service, from the marshmallow schemas; `catalog_mode`
+    documents the checkout request CATALOG_FILE makes the service take."""
     spec = APISpec(
         title="monime-checkout",
         version="1.0.0",
@@ -76,6 +78,7 @@ LIVE = {"type": "object", "properties": {"status": {"type": "string", "enum": ["
 
 
 def paths() -> dict:
+    """The document's paths: every route and its answers."""
     checkout = operation(
         "Create a checkout session for an order",
         {
@@ -165,6 +168,7 @@ def paths() -> dict:
 
 
 def back(page: str) -> dict:
+    """The redirect Monime sends the shopper to, for the frontend's `page`."""
     return operation(
         f"Where Monime sends the shopper back; redirects to APP_URL/checkout/{page}",
         {
@@ -181,6 +185,7 @@ def back(page: str) -> dict:
 
 
 def operation(summary: str, responses: dict, body: str | None = None, parameters: list | None = None) -> dict:
+    """An operation: summary, answers by status, and an optional JSON request body and parameters."""
     spec = {"summary": summary, "responses": responses, "parameters": parameters or []}
     if body:
         spec["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
@@ -196,6 +201,7 @@ def secured(summary: str, responses: dict, **kwargs) -> dict:
 
 
 def answer(description: str, schema: str | dict) -> dict:
+    """A JSON answer with the `schema` (a name or an inline schema) and X-Request-ID."""
     return {
         "description": description,
         "headers": {"X-Request-ID": REQUEST_ID},
@@ -204,6 +210,7 @@ def answer(description: str, schema: str | dict) -> dict:
 
 
 def error(description: str, retry: bool = False) -> dict:
+    """An error answer (ErrorSchema); with `retry`, its Retry-After header."""
     response = answer(description, "Error")
     if retry:
         response["headers"] = response["headers"] | {"Retry-After": RETRY_AFTER}
@@ -211,10 +218,12 @@ def error(description: str, retry: bool = False) -> dict:
 
 
 def unavailable() -> dict:
+    """The 503 answer when the database is unavailable."""
     return error("The database is unavailable.", retry=True)
 
 
 def text(description: str, media_type: str, kind: str = "string") -> dict:
+    """A non-JSON answer of `media_type`."""
     return {
         "description": description,
         "headers": {"X-Request-ID": REQUEST_ID},

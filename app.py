@@ -21,6 +21,10 @@ migrate = Migrate(directory=MIGRATIONS, render_as_batch=True)
 
 
 def create_app(config: dict | None = None) -> Flask:
+    """The Flask app: settings from the environment (config.from_environment), then `config` on top
+    (tests), checked by config.check (relaxed when TESTING or debug); the database (SQLite under
+    instance/ when DATABASE_URL is unset), the Monime client, the catalog, the blueprints, CORS,
+    the CLI and the notification relay. Raises config.ConfigError naming every bad setting."""
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(from_environment(), MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.config.update(config or {})

@@ -15,6 +15,8 @@ from schemas import CatalogCheckoutRequestSchema, CatalogEntrySchema, CheckoutRe
 
 
 def load(path: str) -> dict[str, dict]:
+    """The catalog in the YAML or JSON file at `path`: sku -> {name, price (minor units), currency,
+    description}. Raises config.ConfigError when it cannot be read or a product is invalid."""
     try:
         products = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
     except (OSError, yaml.YAMLError) as exc:
@@ -31,6 +33,7 @@ def load(path: str) -> dict[str, dict]:
 
 
 def init_app(app) -> None:
+    """Load CATALOG_FILE (when set) and build the checkout schema for the mode, once."""
     path = app.config["CATALOG_FILE"]
     catalog = app.extensions["catalog"] = load(path) if path else None
     # built once: a fresh schema builds its nested schemas again on every request

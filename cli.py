@@ -40,6 +40,7 @@ class Duration(click.ParamType):
     name = "duration"
 
     def convert(self, value, param, ctx):
+        """A timedelta from a duration string (config.duration_seconds); a usage error otherwise."""
         if isinstance(value, timedelta):
             return value
         try:
@@ -162,6 +163,7 @@ def replay(event_id: str | None, failed: bool) -> None:
 
 
 def stored_events(outcomes=(), limit: int | None = None) -> list[WebhookEvent]:
+    """Stored webhook events, oldest first, with any of `outcomes`, at most `limit`."""
     query = select(WebhookEvent).order_by(WebhookEvent.received_at).limit(limit)
     if outcomes:
         query = query.where(WebhookEvent.outcome.in_(outcomes))
@@ -169,6 +171,7 @@ def stored_events(outcomes=(), limit: int | None = None) -> list[WebhookEvent]:
 
 
 def describe(event: WebhookEvent) -> str:
+    """One line about a stored event: id, name, outcome, order, when received, detail."""
     return (
         f"event {event.id} {event.name} [{event.outcome}] order {event.order_id or '-'} "
         f"received {event.received_at:%Y-%m-%d %H:%M:%S}: {event.detail or ''}"
@@ -222,6 +225,7 @@ def redeliver(notification_id: str | None, dead: bool) -> None:
 
 
 def init_app(app) -> None:
+    """Add the orders, events and notifications command groups to `flask`."""
     app.cli.add_command(orders_cli)
     app.cli.add_command(events_cli)
     app.cli.add_command(notifications_cli)

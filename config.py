@@ -246,12 +246,14 @@ def api_keys(value) -> tuple[dict[str, str], list[str]]:
 
 
 def comma_list(value) -> list[str]:
+    """A comma-separated setting as a list of its non-empty, stripped items (a list passes through)."""
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return list(value or [])
 
 
 def is_origin(url: str) -> bool:
+    """Whether `url` is an http(s) origin: scheme://host[:port], no path (http_url_problem's rules)."""
     return http_url_problem(url) is None and urlsplit(url).path == ""
 
 

@@ -33,7 +33,10 @@ _plain_record = logging.getLogRecordFactory()
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message, the request's context and `data`."""
+
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON (an exception's traceback in `exception`)."""
         entry = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
@@ -48,6 +51,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str) -> None:
+    """Log JSON lines (JsonFormatter) at `level` on the root logger, with the request's context."""
     logging.setLogRecordFactory(_record_with_context)
     root = logging.getLogger()
     if not any(isinstance(handler.formatter, JsonFormatter) for handler in root.handlers):

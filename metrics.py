@@ -40,6 +40,7 @@ class OrdersByStatus:
     """orders{status="..."}, read from the database when scraped (inside the request)."""
 
     def collect(self):
+        """The orders gauge, counted by status in the database at scrape time."""
         counts = dict(db.session.execute(select(Order.status, func.count()).group_by(Order.status)).all())
         family = GaugeMetricFamily("orders", "Orders by status", labels=["status"])
         for status in Status:
@@ -52,6 +53,7 @@ class NotificationOutbox:
     wait to be delivered, and for how long the oldest has waited."""
 
     def collect(self):
+        """The outbox gauges: pending notifications, and the age in seconds of the oldest."""
         pending, oldest = db.session.execute(
             select(func.count(), func.min(Notification.created_at)).where(
                 Notification.status == NotificationStatus.PENDING

@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
-    pass
+    """The declarative base of every table."""
 
 
 # Objects stay readable after commit, so no attribute access can silently open
@@ -52,10 +52,15 @@ class Outcome(StrEnum):
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC: every timestamp stored is one."""
     return datetime.now(UTC)
 
 
 class Order(db.Model):
+    """An order as the shopper's request placed it (amount in minor units, currency ISO 4217), its
+    status (Monime's vocabulary, changed only by orders.py), the current attempt's Idempotency-Key
+    and session, and any hold for review."""
+
     __tablename__ = "orders"
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'completed', 'cancelled', 'expired')", name="status_known"),
@@ -88,10 +93,12 @@ class Order(db.Model):
 
     @property
     def money(self) -> dict:
+        """{currency, value}: the order's total, value in minor units (the API's Money)."""
         return {"currency": self.currency, "value": self.amount}
 
     @property
     def review(self) -> dict | None:
+        """{reason, eventId} while the order is held for review, else None."""
         return {"reason": self.review_reason, "eventId": self.review_event_id} if self.review_reason else None
 
 
@@ -120,6 +127,7 @@ class OrderResolution(db.Model):
 
     @property
     def previous_review(self) -> dict:
+        """{reason, eventId}: the hold this resolution cleared."""
         return {"reason": self.previous_review_reason, "eventId": self.previous_review_event_id}
 
 
@@ -137,6 +145,9 @@ class CheckoutSession(db.Model):
 
 
 class WebhookEvent(db.Model):
+    """One verified webhook event, by Monime's event id: its raw body, what processing it did
+    (outcome, detail) and the order it concerned; failed ones are replayed (events.replay)."""
+
     __tablename__ = "webhook_events"
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)  # Monime's event id
@@ -164,6 +175,8 @@ class WebhookEventVariant(db.Model):
 
 
 class NotificationStatus(StrEnum):
+    """Where an order notification is in its delivery (notifications.py)."""
+
     PENDING = "pending"  # to be delivered (again) at next_attempt_at
     DELIVERED = "delivered"  # the receiver answered 2xx
     DEAD = "dead"  # not delivered within NOTIFY_RETRY_FOR; `notifications redeliver` revives it
@@ -192,6 +205,7 @@ class Notification(db.Model):
 
 
 def init_app(app) -> None:
+    """Bind the database to `app`; on SQLite, set up WAL and the write lock (share_sqlite_between_workers)."""
     db.init_app(app)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":

@@ -59,7 +59,7 @@ class MonimeRejected(MonimeError):
 
 
 class MonimeNotFound(MonimeRejected):
-    pass
+    """Monime answered 404: it does not know the session (or path) asked about."""
 
 
 class MonimeUnavailable(MonimeError):
@@ -104,6 +104,7 @@ class Deadline:
         self._timer.daemon = True
 
     def remaining(self) -> float:
+        """Seconds left of the budget (negative once past it)."""
         return self.ends_at - time.monotonic()
 
     def __enter__(self) -> "Deadline":
@@ -146,6 +147,7 @@ class _WatchedConnection:
     opened: socket.socket | None = None
 
     def connect(self) -> None:
+        """Open the socket; cut it at once when the call's deadline has already passed."""
         super().connect()
         with _LOCK:
             self.opened = self.sock
@@ -199,10 +201,12 @@ class DeadlineAdapter(HTTPAdapter):
     """An HTTPAdapter whose connections (direct, or through an HTTP(S) proxy) a Deadline can cut."""
 
     def init_poolmanager(self, *args, **kwargs) -> None:
+        """The direct connections' pool manager, with watched pools."""
         super().init_poolmanager(*args, **kwargs)
         _watch(self.poolmanager)
 
     def proxy_manager_for(self, proxy, **proxy_kwargs):
+        """A proxy's pool manager, with watched pools."""
         return _watch(super().proxy_manager_for(proxy, **proxy_kwargs))
 
 
@@ -370,6 +374,7 @@ def _backoff(attempt: int) -> float:
 
 
 def init_app(app) -> None:
+    """Make the app's MonimeClient from the MONIME_* settings (timeouts in seconds)."""
     config = app.config
     app.extensions["monime"] = MonimeClient(
         config["MONIME_API_BASE_URL"],
@@ -383,6 +388,7 @@ def init_app(app) -> None:
 
 
 def client() -> MonimeClient:
+    """The app's MonimeClient (needs an app context)."""
     return current_app.extensions["monime"]
 
 

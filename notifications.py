@@ -104,6 +104,8 @@ def _forget_after_rollback(session) -> None:
 
 @dataclass(frozen=True)
 class Claimed:
+    """A notification a relay has claimed: its id, body, attempts made before and when it dies."""
+
     id: str
     body: str
     attempts: int  # before this one

@@ -90,10 +90,14 @@ def get(order_id: str) -> Order | None:
 
 
 def reload(order_id: str) -> Order | None:
+    """The order as the database holds it now, re-read even when the session has it already
+    (its changes are Core UPDATEs the session does not see); None when there is no such order.
+    For an id that is known to be valid (from a stored row or a request already checked)."""
     return db.session.get(Order, order_id, populate_existing=True)
 
 
 def new_idempotency_key() -> str:
+    """A fresh Idempotency-Key for an order's attempt: 32 hex characters (Monime allows 64)."""
     return uuid.uuid4().hex  # 32 characters; Monime allows 64
 
 
@@ -110,6 +114,7 @@ def start_new_attempt(order: Order) -> Order:
 
 
 def current_session(order: Order) -> CheckoutSession | None:
+    """The order's current CheckoutSession (the one recorded for its attempt), or None."""
     if order.checkout_session_id is None:
         return None
     return db.session.get(CheckoutSession, order.checkout_session_id)

@@ -79,17 +79,23 @@ def storable(value: str) -> None:
 
 
 def text(max_length: int, *, required: bool = False, min_length: int = 1):
+    """A string field of at most `max_length` characters the database can store (`storable`):
+    required (and at least `min_length`), or optional and None when missing."""
     if required:
         return fields.String(required=True, validate=[validate.Length(min=min_length, max=max_length), storable])
     return fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=max_length), storable])
 
 
 class PriceSchema(Schema):
+    """Monime's Money of a line item: ISO 4217 currency and value in minor units (0..MAX_UNIT_PRICE)."""
+
     currency = fields.String(required=True, validate=validate.OneOf(CURRENCIES))
     value = fields.Integer(strict=True, required=True, validate=validate.Range(min=0, max=MAX_UNIT_PRICE))
 
 
 class LineItemSchema(Schema):
+    """A line item as Monime's CreateCheckoutSession takes it (type custom), quantity 1..100000."""
+
     type = fields.String(load_default="custom", validate=validate.Equal("custom"))
     name = text(100, required=True)
     price = fields.Nested(PriceSchema, required=True)
@@ -117,7 +123,8 @@ class CheckoutRequestSchema(Schema):
     callbackState = text(255)
 
     @validates_schema
-    def one_currency_and_unique_references(self, data, **_kwargs):
+    def line_items_consistent(self, data, **_kwargs):
+        """The line items use one currency (Monime's session has one) and no reference twice."""
         items = data.get("lineItems") or []
         if len({item["price"]["currency"] for item in items}) > 1:
             raise ValidationError("all line items must use the same currency", "lineItems")
@@ -139,12 +146,15 @@ class CatalogEntrySchema(Schema):
 
 
 class CatalogLineItemSchema(Schema):
+    """A line item in catalog mode: a sku and a quantity, nothing the catalog decides."""
+
     type = fields.String(load_default="custom", validate=validate.Equal("custom"))
     sku = text(100, required=True)
     quantity = fields.Integer(strict=True, load_default=1, validate=validate.Range(min=1, max=100_000))
 
     @pre_load
     def refuse_what_the_catalog_decides(self, data, **_kwargs):
+        """Refuse a name, price, description or reference: the catalog sets them (400, each field named)."""
         if isinstance(data, dict):
             decided = [key for key in ("name", "price", "description", "reference") if key in data]
             if decided:
@@ -165,7 +175,9 @@ class CatalogCheckoutRequestSchema(CheckoutRequestSchema):
         self.catalog = catalog
 
     @validates_schema
-    def one_currency_and_unique_references(self, data, **_kwargs):
+    def line_items_consistent(self, data, **_kwargs):
+        """Every sku is in the catalog, each once (quantity says how many), all in one currency.
+        Replaces the plain schema's check: references are the skus, prices the catalog's."""
         skus = [item["sku"] for item in data.get("lineItems") or []]
         unknown = sorted({sku for sku in skus if sku not in self.catalog})
         if unknown:
@@ -177,10 +189,13 @@ class CatalogCheckoutRequestSchema(CheckoutRequestSchema):
 
     @post_load
     def price_from_the_catalog(self, data, **_kwargs):
+        """The loaded order with each line item as `priced` makes it, so it stores like a plain one."""
         data["lineItems"] = [self.priced(item) for item in data["lineItems"]]
         return data
 
     def priced(self, item: dict) -> dict:
+        """The plain line item for a catalog one: the sku's name, price (minor units), currency and
+        description, the sku as the reference."""
         entry = self.catalog[item["sku"]]
         return {
             "type": "custom",
@@ -205,11 +220,15 @@ class UtcDateTime(fields.DateTime):
 
 
 class MoneySchema(Schema):
+    """An amount: currency and value in minor units (2500 is SLE 25.00)."""
+
     currency = fields.String(required=True, validate=validate.OneOf(CURRENCIES))
     value = fields.Integer(required=True, metadata={"description": "minor units: 2500 is SLE 25.00"})
 
 
 class ReviewSchema(Schema):
+    """Why an order is held for review, and the event that held it (null when none did)."""
+
     reason = fields.String(required=True)
     eventId = fields.String(allow_none=True, required=True)
 
@@ -284,12 +303,16 @@ class ResolutionSchema(Schema):
 
 
 class CheckoutCreatedSchema(Schema):
+    """POST /api/checkout's answer: the order, its Monime session and where to send the shopper."""
+
     orderId = fields.String(required=True)
     sessionId = fields.String(required=True)
     redirectUrl = fields.String(required=True, allow_none=True, metadata={"description": "send the shopper here"})
 
 
 class WebhookReceiptSchema(Schema):
+    """POST /api/webhooks/monime's answer: what became of the event."""
+
     received = fields.Boolean(required=True)
     eventId = fields.String(required=True)
     duplicate = fields.Boolean(
@@ -305,11 +328,15 @@ class WebhookReceiptSchema(Schema):
 
 
 class HealthSchema(Schema):
+    """GET /healthz's answer."""
+
     status = fields.String(required=True)
     database = fields.String(required=True)
 
 
 class ErrorDetailSchema(Schema):
+    """The `error` of every error answer: a code, a message and the details the code names."""
+
     code = fields.String(required=True, metadata={"description": "machine-readable, e.g. validation_failed"})
     message = fields.String(required=True)
     field_errors = fields.Dict(
@@ -321,11 +348,17 @@ class ErrorDetailSchema(Schema):
 
 
 class ErrorSchema(Schema):
+    """Every error answer: {"error": {code, message, ...}}."""
+
     error = fields.Nested(ErrorDetailSchema, required=True)
 
 
 class EventHeaderSchema(Schema):
+    """A Monime event's `event`: its id, name and timestamp."""
+
     class Meta:
+        """Fields Monime adds are kept, not refused."""
+
         unknown = INCLUDE
 
     id = fields.String(required=True, validate=[validate.Length(min=1, max=255), storable])
@@ -334,7 +367,11 @@ class EventHeaderSchema(Schema):
 
 
 class ObjectRefSchema(Schema):
+    """A Monime event's `object`: the id and type of what the event is about."""
+
     class Meta:
+        """Fields Monime adds are kept, not refused."""
+
         unknown = INCLUDE
 
     id = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=255), storable])
@@ -345,6 +382,8 @@ class WebhookEventSchema(Schema):
     """Monime's event envelope: {apiVersion, event:{id,name,timestamp}, object:{id,type}, data}."""
 
     class Meta:
+        """Fields Monime adds are kept, not refused."""
+
         unknown = INCLUDE
 
     apiVersion = fields.String(load_default=None, allow_none=True)

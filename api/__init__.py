@@ -4,6 +4,7 @@ from api import backend, checkout, errors, guard, status, webhooks
 
 
 def init_app(app) -> None:
+    """Register the request guard, the blueprints and the JSON error handlers."""
     guard.init_app(app)
     for module in (checkout, webhooks, status, backend):
         app.register_blueprint(module.bp)

@@ -76,11 +76,13 @@ def load_checkout_request() -> dict:
 
 @bp.route("/api/checkout/success", methods=["GET", "POST"])
 def checkout_success():
+    """Monime's successUrl (GET or POST): sync the order, then 303 to APP_URL/checkout/success."""
     return back_from_monime("/checkout/success")
 
 
 @bp.get("/api/checkout/cancel")
 def checkout_cancel():
+    """Monime's cancelUrl: sync the order, then 303 to APP_URL/checkout/cancelled."""
     return back_from_monime("/checkout/cancelled")
 
 
@@ -101,4 +103,5 @@ def back_from_monime(page: str):
 
 
 def frontend_url(page: str, order_id: str) -> str:
+    """APP_URL's `page` for the order (orderId in the query)."""
     return f"{current_app.config['APP_URL']}{page}?{urlencode({'orderId': order_id})}"

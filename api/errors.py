@@ -22,6 +22,7 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None, **details):
+    """A JSON error answer: {"error": {code, message, **details}} with `status` and `headers`."""
     response = jsonify({"error": {"code": code, "message": message, **details}})
     response.status_code = status
     response.headers.update(headers or {})
@@ -29,10 +30,14 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 
 
 def database_unavailable_response():
+    """503 database_unavailable with Retry-After: 5 (seconds)."""
     return error_response(503, "database_unavailable", "The database is unavailable; try again.", {"Retry-After": "5"})
 
 
 def init_app(app) -> None:
+    """Answer every error as JSON (error_response): ApiError as raised, HTTP errors by their
+    name, database outages 503, anything else 500 internal_error with no stack trace (logged)."""
+
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.details)

@@ -33,6 +33,7 @@ limiter = Limiter(key_func=get_remote_address)
 
 
 def checkout_limit() -> str:
+    """RATELIMIT_CHECKOUT, the per-client limit of POST /api/checkout (Flask-Limiter syntax)."""
     return current_app.config["RATELIMIT_CHECKOUT"]
 
 
@@ -80,6 +81,7 @@ class Request(FlaskRequest):
 
 
 def init_app(app: Flask) -> None:
+    """Request ids (X-Request-ID), rate limits, body limits and security headers for every request."""
     app.request_class = Request
     limiter.init_app(app)
 

@@ -20,6 +20,7 @@ bp = Blueprint("status", __name__)
 
 @bp.get("/api/orders/<order_id>")
 def get_order(order_id: str):
+    """GET /api/orders/<orderId>: the order (OrderSchema), read only; 404 order_not_found."""
     logs.bind(orderId=order_id)
     read_only()
     order = orders.get(order_id)
@@ -49,6 +50,7 @@ def healthz():
 
 @bp.get("/metrics")
 def prometheus_metrics():
+    """GET /metrics: Prometheus' text exposition, orders counted in the database."""
     read_only()  # orders{status} is counted in the database
     body, content_type = metrics.exposition()
     return body, 200, {"Content-Type": content_type}
@@ -56,11 +58,13 @@ def prometheus_metrics():
 
 @bp.get("/openapi.json")
 def openapi_document():
+    """GET /openapi.json: the OpenAPI document (apidoc.build)."""
     return document()
 
 
 @bp.get("/docs")
 def openapi_page():
+    """GET /docs: the OpenAPI document, rendered."""
     return render_template("docs.html", spec=document())
 
 

@@ -18,6 +18,10 @@ bp = Blueprint("webhooks", __name__)
 
 @bp.post("/api/webhooks/monime")
 def monime_webhook():
+    """POST /api/webhooks/monime: verify the Monime-Signature over the raw body (401
+    invalid_signature), load the event (400 malformed_event) and process it once per event id
+    (events.receive). 200 {received, eventId, duplicate, outcome}; 503 monime_unavailable with
+    Retry-After when a completion cannot be confirmed with Monime, so Monime delivers again."""
     body = request.get_data()  # the raw bytes are what was signed; over 1 MiB is refused with 413
     try:
         signatures.verify(
