@@ -64,7 +64,7 @@ def start(draft: dict) -> Checkout:
         if not recorded:
             # While Monime answered, a concurrent request recorded a session, or a late
             # completion of an earlier session paid the order: never hand out a second one.
-            order = orders.reload(order.id)
+            order = orders.reread(order.id)
             session = orders.current_session(order)
     if recorded:
         log.info("checkout session created", extra={"data": {"sessionId": made_id}})

@@ -66,7 +66,7 @@ def reconcile(older_than: timedelta, limit: int, dry_run: bool) -> None:
 @click.argument("order_id")
 def show(order_id: str) -> None:
     """An order, its sessions and every event about it."""
-    order = orders.get(order_id)
+    order = orders.lookup(order_id)
     if order is None:
         raise click.ClickException(f"no order {order_id!r}")
     click.echo(f"order {order.id} [{order.status}] {order.currency} {order.amount} {order.name!r}")
@@ -109,14 +109,14 @@ def resolve(order_id: str, complete: bool, dismiss: bool, note: str) -> None:
         wanted = ResolveRequestSchema().load({"action": "complete" if complete else "dismiss", "note": note})
     except ValidationError as exc:
         raise click.BadParameter("; ".join(exc.messages["note"]), param_hint="--note") from None
-    if orders.get(order_id) is None:
+    if orders.lookup(order_id) is None:
         raise click.ClickException(f"no order {order_id!r}")
     try:
         with transaction():
             done = orders.resolve(order_id, wanted["action"], wanted["note"], by=getpass.getuser(), via="cli")
     except orders.NotHeld:
         raise click.ClickException(f"order {order_id!r} is not held for review") from None
-    order = orders.reload(order_id)
+    order = orders.reread(order_id)
     click.echo(f"order {order_id} resolved ({done.action}) by {done.by}: now [{order.status}], no longer held")
 
 

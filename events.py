@@ -54,7 +54,6 @@ class Receipt:
 
     event_id: str
     outcome: str | None
-    detail: str | None = None
     duplicate: bool = False
 
 
@@ -202,7 +201,7 @@ def _process(event_id, name, body, report) -> Receipt:
     logs.bind(orderId=order and order.id)
     data = {"event": name, "outcome": outcome, "orderNumber": report and report.order_number}
     log.info("webhook event processed", extra={"data": data})
-    return Receipt(event_id, outcome, detail)
+    return Receipt(event_id, outcome)
 
 
 def _claim(event_id, name, body, report) -> bool:
@@ -271,7 +270,7 @@ def _repeat(event_id: str, body: str, report: SessionReport | None) -> Receipt:
             }
         },
     )
-    return Receipt(event_id, Outcome.HELD, reason, duplicate=True)
+    return Receipt(event_id, Outcome.HELD, duplicate=True)
 
 
 def _orders_concerned(stored, report: SessionReport | None) -> list[Order]:

@@ -24,8 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, tuple_
 
-from models import Order, db, utcnow
-from schemas import ORDER_ID_PATTERN
+from models import ORDER_ID_PATTERN, Order, db, utcnow
 
 
 class InvalidCursor(ValueError):

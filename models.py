@@ -56,6 +56,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# What an orderId may be (the contract): 1 to 100 of these characters, as Order.id holds.
+ORDER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}\Z"
+
+
 class Order(db.Model):
     """An order as the shopper's request placed it (amount in minor units, currency ISO 4217), its
     status (Monime's vocabulary, changed only by orders.py), the current attempt's Idempotency-Key

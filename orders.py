@@ -31,8 +31,17 @@ from datetime import UTC, timedelta
 from sqlalchemy import or_, select, update
 
 import notifications
-from models import CheckoutSession, Order, OrderResolution, Outcome, Status, db, insert_unless_exists, utcnow
-from schemas import ORDER_ID_PATTERN
+from models import (
+    ORDER_ID_PATTERN,
+    CheckoutSession,
+    Order,
+    OrderResolution,
+    Outcome,
+    Status,
+    db,
+    insert_unless_exists,
+    utcnow,
+)
 
 ORDER_ID = re.compile(ORDER_ID_PATTERN)
 # Changes are Core statements on the table: the rules need no ORM bookkeeping, and they are the hot path.
@@ -80,19 +89,22 @@ def place(draft: dict) -> Order:
         created_at=utcnow(),
         updated_at=utcnow(),
     )
-    return reload(draft["orderId"])
+    return reread(draft["orderId"])
 
 
-def get(order_id: str) -> Order | None:
-    """The order with this id; None also for a string that cannot be an orderId
-    (Postgres refuses some, such as one holding a NUL, with an error)."""
+def lookup(order_id: str) -> Order | None:
+    """Look up an orderId that came from outside (a URL, a request, an event's reference): the
+    order, possibly the copy this session already holds; None when there is none, and also for
+    a string that cannot be an orderId (ORDER_ID_PATTERN: Postgres refuses some, such as one
+    holding a NUL, with an error). To see an order's changes since it was read, `reread`."""
     return db.session.get(Order, order_id) if ORDER_ID.match(order_id) else None
 
 
-def reload(order_id: str) -> Order | None:
-    """The order as the database holds it now, re-read even when the session has it already
-    (its changes are Core UPDATEs the session does not see); None when there is no such order.
-    For an id that is known to be valid (from a stored row or a request already checked)."""
+def reread(order_id: str) -> Order | None:
+    """Read the order again from the database, replacing the copy this session holds: the
+    rules change orders with Core UPDATEs the session does not see, so after one, this is
+    the order as it is now. None when there is no such order. For an id known to be valid
+    (a stored row's, or one `lookup` accepted): it is not checked."""
     return db.session.get(Order, order_id, populate_existing=True)
 
 
@@ -110,7 +122,7 @@ def start_new_attempt(order: Order) -> Order:
         columns.status.in_(FINAL_UNPAID),
         columns.idempotency_key == order.idempotency_key,
     )
-    return reload(order.id)
+    return reread(order.id)
 
 
 def current_session(order: Order) -> CheckoutSession | None:
@@ -148,7 +160,7 @@ def find(report: SessionReport) -> tuple[Order | None, bool]:
     order = db.session.scalars(by_session).first()
     if order is not None or not report.reference:
         return order, False
-    order = get(report.reference)
+    order = lookup(report.reference)
     if order is None or order.checkout_session_id is not None:
         return None, False
     has_sessions = db.session.scalar(select(CheckoutSession.id).where(CheckoutSession.order_id == order.id).limit(1))
@@ -176,7 +188,7 @@ def apply(
             return Outcome.APPLIED, None
         return (
             Outcome.UNCHANGED,
-            f"{report.status} changes nothing: the order is {reload(order.id).status} or has a newer session",
+            f"{report.status} changes nothing: the order is {reread(order.id).status} or has a newer session",
         )
     return Outcome.UNCHANGED, f"session is {report.status}"
 

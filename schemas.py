@@ -11,9 +11,8 @@ from datetime import UTC
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
-from models import Outcome, Status
+from models import ORDER_ID_PATTERN, Outcome, Status
 
-ORDER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}\Z"
 CURRENCIES = ("SLE", "USD")
 # Monime sets no ceiling on a unit price; this one keeps 16 items x 100,000
 # units inside a signed 64-bit total (BIGINT) with room to spare.

@@ -33,7 +33,7 @@ def refresh(order_id: str, dry_run: bool = False) -> Outcome | None:
     does not know the session. The lookup is monime.MonimeClient.get_session
     (within MONIME_VERIFY_TIMEOUT seconds)."""
     with transaction():
-        order = orders.reload(order_id)
+        order = orders.reread(order_id)
         if order.status == Status.COMPLETED or not order.checkout_session_id:
             return None
         session_id, report = order.checkout_session_id, None
@@ -41,14 +41,14 @@ def refresh(order_id: str, dry_run: bool = False) -> Outcome | None:
         session = monime.client().get_session(session_id)
     except monime.MonimeNotFound:
         with transaction(dry_run=dry_run):
-            outcome, detail = orders.hold(orders.reload(order_id), f"Monime does not know session {session_id}", None)
+            outcome, detail = orders.hold(orders.reread(order_id), f"Monime does not know session {session_id}", None)
     except monime.MonimeError as exc:
         log.warning("session lookup failed", extra={"data": {"orderId": order_id, "error": str(exc)}})
         return Outcome.FAILED
     else:
         report = events.looked_up(SessionReport(session_id, session.get("status"), None), session)
         with transaction(dry_run=dry_run):
-            outcome, detail = orders.apply(orders.reload(order_id), report)
+            outcome, detail = orders.apply(orders.reread(order_id), report)
     log.info(
         "order refreshed from Monime",
         extra={

@@ -47,7 +47,7 @@ def resolve_order(order_id: str):
     by = require_api_key()
     logs.bind(orderId=order_id)
     wanted = load_json_request(ResolveRequestSchema(), MAX_RESOLVE_BYTES, "resolution")
-    if orders.get(order_id) is None:  # also an id that cannot be an orderId
+    if orders.lookup(order_id) is None:  # also an id that cannot be an orderId
         raise ApiError(404, "order_not_found", f"No order has the id {order_id!r}.")
     try:
         with transaction():
@@ -55,4 +55,4 @@ def resolve_order(order_id: str):
     except orders.NotHeld:
         raise ApiError(409, "not_held", f"Order {order_id!r} is not held for review.") from None
     log.info("held order resolved", extra={"data": {"action": resolution.action, "by": g.api_key_name}})
-    return ResolutionSchema().dump(resolution) | {"order": OrderSchema().dump(orders.reload(order_id))}
+    return ResolutionSchema().dump(resolution) | {"order": OrderSchema().dump(orders.reread(order_id))}

@@ -95,7 +95,7 @@ def back_from_monime(page: str):
     if not order_id:
         raise ApiError(400, "missing_order_id", "The orderId query parameter is required.")
     with transaction(only_reads=True):  # most hits only read: on SQLite they need not queue for the write lock
-        order = orders.get(order_id)
+        order = orders.lookup(order_id)
     if order is None:
         raise ApiError(404, "order_not_found", "No order has this orderId.")
     sync.refresh_on_return(order, within_redirect_lookup_limit)

@@ -23,7 +23,7 @@ def get_order(order_id: str):
     """GET /api/orders/<orderId>: the order (OrderSchema), read only; 404 order_not_found."""
     logs.bind(orderId=order_id)
     read_only()
-    order = orders.get(order_id)
+    order = orders.lookup(order_id)
     if order is None:
         raise ApiError(404, "order_not_found", f"No order has the id {order_id!r}.")
     return OrderSchema().dump(order)

@@ -26,7 +26,7 @@ def placed(order_id="ord_rules", session_id="scs-1") -> Order:
     if session_id:
         orders.record_session(order, session_id, "https://pay.example/1")
     db.session.commit()
-    return orders.reload(order_id)
+    return orders.reread(order_id)
 
 
 def report(status, session_id="scs-1", amount=PAID, reference=None) -> SessionReport:
@@ -34,7 +34,7 @@ def report(status, session_id="scs-1", amount=PAID, reference=None) -> SessionRe
 
 
 def status_of(order_id="ord_rules") -> str:
-    return orders.reload(order_id).status
+    return orders.reread(order_id).status
 
 
 def test_placing_an_order_stores_it_pending_with_its_total_and_a_key(ctx):
@@ -68,7 +68,7 @@ def test_a_completion_without_the_orders_amount_is_held(ctx, amount):
     order = placed()
     outcome, reason = orders.apply(order, report(Status.COMPLETED, amount=amount), event_id="evt-1")
     assert outcome == Outcome.HELD
-    stored = orders.reload(order.id)
+    stored = orders.reread(order.id)
     assert (stored.status, stored.review_reason, stored.review_event_id) == (Status.PENDING, reason, "evt-1")
 
 
@@ -76,7 +76,7 @@ def test_the_first_review_reason_is_kept(ctx):
     order = placed()
     orders.hold(order, "first", "evt-1")
     orders.hold(order, "second", "evt-2")
-    assert (orders.reload(order.id).review_reason, orders.reload(order.id).review_event_id) == ("first", "evt-1")
+    assert (orders.reread(order.id).review_reason, orders.reread(order.id).review_event_id) == ("first", "evt-1")
 
 
 @pytest.mark.parametrize("ending", [Status.CANCELLED, Status.EXPIRED])
@@ -110,7 +110,7 @@ def test_a_new_attempt_returns_a_cancelled_order_to_pending_under_a_new_key(ctx)
     order = placed()
     first_key = order.idempotency_key
     orders.apply(order, report(Status.CANCELLED))
-    renewed = orders.start_new_attempt(orders.reload(order.id))
+    renewed = orders.start_new_attempt(orders.reread(order.id))
     assert (renewed.status, renewed.checkout_session_id) == (Status.PENDING, None)
     assert renewed.idempotency_key != first_key
 
@@ -126,12 +126,12 @@ def test_a_session_is_recorded_once_and_never_over_a_newer_attempt(ctx):
     assert orders.record_session(order, "scs-a", None) is True
     assert orders.record_session(order, "scs-a", None) is False
     orders.apply(order, report(Status.EXPIRED, session_id="scs-a"))
-    stale = orders.reload(order.id)
+    stale = orders.reread(order.id)
     db.session.expunge(stale)  # what a request that started before the new attempt still holds
-    orders.start_new_attempt(orders.reload(order.id))
+    orders.start_new_attempt(orders.reread(order.id))
 
     assert orders.record_session(stale, "scs-late", None) is False  # made under the old key
-    assert orders.reload(order.id).checkout_session_id is None
+    assert orders.reread(order.id).checkout_session_id is None
     assert db.session.get(CheckoutSession, "scs-late").order_id == order.id  # yet its events find the order
 
 
@@ -154,14 +154,14 @@ def test_a_late_event_of_an_earlier_session_does_not_take_over_a_new_attempt(ctx
     """Between a new attempt and the recording of its session, the order has no current session."""
     order = placed()
     orders.apply(order, report(Status.CANCELLED))
-    orders.start_new_attempt(orders.reload(order.id))  # Monime is being asked for a new session
+    orders.start_new_attempt(orders.reread(order.id))  # Monime is being asked for a new session
 
     found, by_reference = orders.find(report(late))
     outcome, _ = orders.apply(found, report(late), by_reference=by_reference)
 
     assert outcome == Outcome.UNCHANGED
-    assert (orders.reload(order.id).status, orders.reload(order.id).checkout_session_id) == (Status.PENDING, None)
-    assert orders.record_session(orders.reload(order.id), "scs-2", None) is True
+    assert (orders.reread(order.id).status, orders.reread(order.id).checkout_session_id) == (Status.PENDING, None)
+    assert orders.record_session(orders.reread(order.id), "scs-2", None) is True
 
 
 def test_asking_monime_inside_a_transaction_fails_loudly_in_tests(app, simulator):
@@ -169,10 +169,10 @@ def test_asking_monime_inside_a_transaction_fails_loudly_in_tests(app, simulator
     Monime is asked. Under TESTING the client checks it before every call."""
     with app.app_context():
         with pytest.raises(TransactionOpen), transaction():
-            orders.get("ord_inside")  # a read opens the transaction
+            orders.lookup("ord_inside")  # a read opens the transaction
             monime.client().get_session("scs-anything")
         with transaction():
-            orders.get("ord_outside")
+            orders.lookup("ord_outside")
         with pytest.raises(monime.MonimeNotFound):  # outside a transaction Monime is asked
             monime.client().get_session("scs-anything")
 
@@ -184,4 +184,4 @@ def test_a_transaction_commits_its_block_and_rolls_back_one_that_raises(ctx):
     with transaction():
         orders.place(CheckoutRequestSchema().load(order_payload("ord_kept")))
     assert not db.session().in_transaction()
-    assert orders.get("ord_undone") is None and orders.get("ord_kept").status == Status.PENDING
+    assert orders.lookup("ord_undone") is None and orders.lookup("ord_kept").status == Status.PENDING

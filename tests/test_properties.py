@@ -72,9 +72,9 @@ def final_state(events) -> tuple:
     order = orders.place(CheckoutRequestSchema().load(order_payload(order_id)))
     orders.record_session(order, f"scs-{order_id}", None)
     for status, amount in events:
-        orders.apply(orders.reload(order_id), SessionReport(f"scs-{order_id}", status, amount))
+        orders.apply(orders.reread(order_id), SessionReport(f"scs-{order_id}", status, amount))
     db.session.commit()
-    final = orders.reload(order_id)
+    final = orders.reread(order_id)
     return final.status, final.checkout_session_id == f"scs-{order_id}", final.review_reason
 
 
