@@ -34,11 +34,17 @@ def create_app(config: dict | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             f"sqlite:///{os.path.join(app.instance_path, 'monime-checkout.sqlite3')}"
         )
-    # pre-ping: recover from a database restart; a pool as large as a worker's threads;
-    # hide_parameters: an error in the log never shows an order's or an event's content
+    # pre-ping: recover from a database restart; pool + overflow as large as a worker's threads
+    # (DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW); hide_parameters: an error in the log never
+    # shows an order's or an event's content
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
-        {"pool_pre_ping": True, "pool_size": 8, "max_overflow": 24, "hide_parameters": True},
+        {
+            "pool_pre_ping": True,
+            "pool_size": app.config["DATABASE_POOL_SIZE"],
+            "max_overflow": app.config["DATABASE_MAX_OVERFLOW"],
+            "hide_parameters": True,
+        },
     )
 
     logs.configure(app.config["LOG_LEVEL"])

@@ -63,6 +63,8 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict:
         "MONIME_RETRY_DEADLINE": get("MONIME_RETRY_DEADLINE", "15"),
         "MONIME_VERIFY_TIMEOUT": get("MONIME_VERIFY_TIMEOUT", "3"),
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(get("DATABASE_URL", "")),
+        "DATABASE_POOL_SIZE": get("DATABASE_POOL_SIZE", "8"),
+        "DATABASE_MAX_OVERFLOW": get("DATABASE_MAX_OVERFLOW", "24"),
         "PUBLIC_BASE_URL": get("PUBLIC_BASE_URL", ""),
         "APP_URL": get("APP_URL", ""),
         "CORS_ORIGINS": get("CORS_ORIGINS", ""),
@@ -139,6 +141,13 @@ def check(config: dict, *, relaxed: bool) -> None:
             limits.parse_many(config[name])
         except ValueError:
             problems.append(f"{name} must be a rate like 60/minute or 10/second;500/day")
+    # Connections per worker: pool + overflow (README: the connection arithmetic).
+    for name, least in (("DATABASE_POOL_SIZE", 1), ("DATABASE_MAX_OVERFLOW", 0)):
+        value = str(config.get(name, ""))
+        if value.isascii() and value.isdigit() and int(value) >= least:
+            config[name] = int(value)
+        else:
+            problems.append(f"{name} must be a whole number of connections, at least {least}")
     if not str(config.get("PROXY_HOPS", "0")).isdigit():
         problems.append("PROXY_HOPS must be the number of proxies in front of the service")
     else:

@@ -25,8 +25,10 @@ workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 
-# A checkout may spend up to MONIME_RETRY_DEADLINE (15 s) retrying Monime;
-# the worker timeout stays well above it.
+# Under gthread, `timeout` is a heartbeat, not a request limit: the arbiter restarts a
+# worker whose main thread has not reported for this many seconds, however long a request
+# in one of its threads takes. Requests are bounded elsewhere: Monime calls by
+# MONIME_RETRY_DEADLINE (15 s) and MONIME_VERIFY_TIMEOUT, slow clients by client_timeout.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))

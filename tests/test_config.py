@@ -6,6 +6,7 @@ import pytest
 
 from app import create_app
 from config import ConfigError, check, from_environment, normalise_database_url
+from models import db
 
 VALID = {
     "MONIME_ACCESS_TOKEN": "mon_live_x",
@@ -131,6 +132,23 @@ def test_webhook_secrets_of_monimes_32_characters_bring_no_warning(caplog, tmp_p
 def test_timeouts_must_be_positive_finite_numbers(name, value):
     """nan passes every comparison and inf never fires: either would switch a limit off."""
     assert f"{name} must be a positive number of seconds" in refusal(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DATABASE_POOL_SIZE", "0"), ("DATABASE_POOL_SIZE", "-1"), ("DATABASE_POOL_SIZE", "8.5"),
+     ("DATABASE_MAX_OVERFLOW", "-1"), ("DATABASE_MAX_OVERFLOW", "many"), ("DATABASE_MAX_OVERFLOW", "")],
+)  # fmt: skip
+def test_pool_sizes_must_be_whole_numbers(name, value):
+    assert f"{name} must be a whole number of connections" in refusal(**{name: value})
+
+
+def test_pool_sizes_from_the_environment_size_the_engines_pool(tmp_path):
+    app = started(tmp_path, DATABASE_POOL_SIZE="3", DATABASE_MAX_OVERFLOW="0")
+    options = app.config["SQLALCHEMY_ENGINE_OPTIONS"]
+    assert (options["pool_size"], options["max_overflow"]) == (3, 0)
+    with app.app_context():
+        assert (db.engine.pool.size(), db.engine.pool._max_overflow) == (3, 0)
 
 
 def test_a_public_base_url_too_long_for_monimes_255_character_urls_is_refused():
