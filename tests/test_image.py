@@ -8,6 +8,7 @@ the Monime simulator.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -29,8 +30,9 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moni
 # No curl, as in python:*-slim: a HEALTHCHECK that needs it must fail here too.
 DEBOOTSTRAP = [
     "debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-    "bookworm", "{root}", "http://deb.debian.org/debian",
+    "bookworm", "{root}", "{mirror}",
 ]  # fmt: skip
+APT_SOURCES = [Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list")]
 # This machine's pip settings, package mirrors and CA bundle, lent read-only to
 # the build where they exist (the build runs as root, so ~/.config is /root's).
 BUILD_MOUNTS = {
@@ -60,6 +62,25 @@ def image_size(name: str) -> int:
     return int(podman("image", "inspect", "--format", "{{.Size}}", name).stdout)
 
 
+def debian_mirror(suite: str = "bookworm", sources: list[Path] = APT_SOURCES) -> str:
+    """The Debian mirror this machine's apt uses for `suite`: the first `deb` source naming it, in
+    deb822 files (*.sources: Types, URIs, Suites) or one-line lists (sources.list, *.list). The
+    repository names no mirror host: debootstrap takes whatever apt is configured with here."""
+    files = [path for source in sources for path in (sorted(source.glob("*")) if source.is_dir() else [source])]
+    for path in files:
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", path.read_text()):
+                fields = dict(re.findall(r"^([A-Za-z-]+):[ \t]*(.*)$", stanza, re.MULTILINE))
+                if "deb" in fields.get("Types", "").split() and suite in fields.get("Suites", "").split():
+                    return fields["URIs"].split()[0]
+        elif path.suffix == ".list" or path.name == "sources.list":
+            for line in path.read_text().splitlines():
+                words = re.sub(r"\[[^]]*\]", "", line.split("#")[0]).split()
+                if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
+                    return words[1]
+    pytest.fail(f"no apt source for Debian {suite} in {', '.join(map(str, sources))}: debootstrap needs a mirror")
+
+
 @dataclass
 class Image:
     name: str
@@ -84,7 +105,10 @@ def base_image(tmp_path_factory) -> str:
     tarball = CACHE / "base-bookworm.tar"
     if not tarball.exists():
         root = tmp_path_factory.mktemp("debootstrap") / "root"
-        subprocess.run([arg.format(root=root) for arg in DEBOOTSTRAP], check=True, capture_output=True, timeout=600)
+        mirror = debian_mirror()
+        subprocess.run(
+            [arg.format(root=root, mirror=mirror) for arg in DEBOOTSTRAP], check=True, capture_output=True, timeout=600
+        )
         # apt's downloaded packages and lists are of no use in an image
         for leftover in [*root.glob("var/cache/apt/archives/*.deb"), *root.glob("var/cache/apt/*.bin")]:
             leftover.unlink()
