@@ -7,6 +7,7 @@ from flask_cors import CORS
 from flask_migrate import Migrate
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import admin
 import api
 import catalog
 import cli
@@ -44,6 +45,7 @@ def create_app(config: dict | None = None) -> Flask:
     monime.init_app(app)
     catalog.init_app(app)
     api.init_app(app)
+    admin.init_app(app)  # /admin, only when ADMIN_TOKEN is set
     if app.config["CORS_ORIGINS"]:  # a frontend on another origin calls checkout and polls orders
         origins = app.config["CORS_ORIGINS"]
         # Patterns match from the start of the path; never the feed (/api/orders) nor

@@ -9,20 +9,15 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
-from sqlalchemy import or_, select
 
 import events
 import notifications
 import orders
 from config import duration_seconds
 from models import (
-    CheckoutSession,
-    Notification,
     NotificationStatus,
-    Order,
     Outcome,
     WebhookEvent,
-    WebhookEventVariant,
     db,
 )
 from schemas import ResolveRequestSchema
@@ -78,15 +73,13 @@ def show(order_id: str) -> None:
             f"{done.note!r}; was [{done.previous_status}] held: {done.previous_review_reason} "
             f"(event {done.previous_review_event_id or '-'})"
         )
-    sessions = db.session.scalars(select(CheckoutSession).where(CheckoutSession.order_id == order.id)).all()
-    for session in sorted(sessions, key=lambda s: s.created_at):
+    sessions = orders.sessions(order.id)
+    for session in sessions:
         current = " (current)" if session.id == order.checkout_session_id else ""
         click.echo(f"  session {session.id}{current} created {session.created_at:%Y-%m-%d %H:%M:%S}")
-    about = or_(WebhookEvent.order_id == order.id, WebhookEvent.session_id.in_([s.id for s in sessions]))
-    for event in db.session.scalars(select(WebhookEvent).where(about).order_by(WebhookEvent.received_at)):
+    for event in events.about(order.id, [session.id for session in sessions]):
         click.echo(f"  {describe(event)}")
-        variants = select(WebhookEventVariant).where(WebhookEventVariant.event_id == event.id)
-        for variant in db.session.scalars(variants.order_by(WebhookEventVariant.received_at)):
+        for variant in events.variants(event.id):
             click.echo(
                 f"    delivered again with a different body (sha256 {variant.body_sha256[:12]}…) "
                 f"{variant.received_at:%Y-%m-%d %H:%M:%S}"
@@ -121,10 +114,9 @@ def resolve(order_id: str, complete: bool, dismiss: bool, note: str) -> None:
 @orders_cli.command("review")
 def review() -> None:
     """Orders and events held for a person: amount mismatches, double payments, unknown sessions."""
-    held_orders = db.session.scalars(select(Order).where(Order.review_reason.is_not(None)).order_by(Order.updated_at))
-    for order in held_orders:
+    for order in orders.held():
         click.echo(f"order {order.id} [{order.status}] {order.review_reason} (event {order.review_event_id or '-'})")
-    for event in stored_events([Outcome.HELD, Outcome.UNMATCHED]):
+    for event in events.stored([Outcome.HELD, Outcome.UNMATCHED]):
         click.echo(describe(event))
 
 
@@ -133,7 +125,7 @@ def review() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 def list_events(outcomes: tuple[str, ...], limit: int) -> None:
     """Stored events, oldest first."""
-    for event in stored_events(outcomes, limit):
+    for event in events.stored(outcomes, limit):
         click.echo(describe(event))
 
 
@@ -144,7 +136,7 @@ def replay(event_id: str | None, failed: bool) -> None:
     """Process stored events again through the webhook's own path; a processed one changes nothing."""
     if bool(event_id) == failed:
         raise click.UsageError("give one event id, or --failed")
-    ids = [event_id] if event_id else [event.id for event in stored_events([Outcome.FAILED])]
+    ids = [event_id] if event_id else [event.id for event in events.stored([Outcome.FAILED])]
     still_failing = 0
     for one in ids:
         try:
@@ -158,13 +150,6 @@ def replay(event_id: str | None, failed: bool) -> None:
         click.echo(f"event {one}: {'already processed, nothing changed' if receipt.duplicate else receipt.outcome}")
     if still_failing:
         raise SystemExit(1)
-
-
-def stored_events(outcomes=(), limit: int | None = None) -> list[WebhookEvent]:
-    query = select(WebhookEvent).order_by(WebhookEvent.received_at).limit(limit)
-    if outcomes:
-        query = query.where(WebhookEvent.outcome.in_(outcomes))
-    return list(db.session.scalars(query))
 
 
 def describe(event: WebhookEvent) -> str:
@@ -190,10 +175,7 @@ def run_relay() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 def list_notifications(statuses: tuple[str, ...], limit: int) -> None:
     """Notifications, oldest first (repeat --status for several)."""
-    query = select(Notification).order_by(Notification.created_at).limit(limit)
-    if statuses:
-        query = query.where(Notification.status.in_(statuses))
-    for row in db.session.scalars(query):
+    for row in notifications.listed(statuses, limit):
         when = (
             f"delivered {row.delivered_at:%Y-%m-%d %H:%M:%S}"
             if row.delivered_at
