@@ -80,7 +80,7 @@ class Entry:
 def timeline(order: Order) -> tuple[list, list[Entry]]:
     """The order's sessions and its history, one timeline in time order (oldest first): its
     creation, each session, each webhook event about it (and any other body under its id), each
-    notification with its delivery attempts, each resolution, and its last change."""
+    notification with its delivery attempts, and each resolution."""
     sessions = orders.sessions(order.id)
     entries = [Entry(order.created_at, "order", "Order placed")]
     for one in sessions:
@@ -108,7 +108,6 @@ def timeline(order: Order) -> tuple[list, list[Entry]]:
         details = [("note", done.note), ("before", was), ("held by event", done.previous_review_event_id or "—")]
         entries.append(Entry(done.resolved_at, "resolution", f"Resolved: {done.action} by {done.by} via {done.via}",
                              details))  # fmt: skip
-    entries.append(Entry(order.updated_at, "order", f"Last change: now {order.status}"))
     entries.sort(key=lambda entry: aware(entry.at))
     return sessions, entries
 
