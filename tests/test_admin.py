@@ -377,8 +377,9 @@ def bulk_order(order_id: str, created, status: str = "pending") -> dict:
     }  # fmt: skip
 
 
-def bulk_event(event_id: str, received, outcome: str) -> dict:
+def bulk_event(event_id: str, received, outcome: str, **values) -> dict:
+    """A webhook_events row; `values` replace any column's (detail=..., order_id=..., body=...)."""
     return {
         "id": event_id, "name": "checkout_session.completed", "session_id": None, "order_id": None, "body": "{}",
         "outcome": outcome, "detail": None, "attempts": 1, "received_at": received, "processed_at": received,
-    }  # fmt: skip
+    } | values  # fmt: skip
