@@ -29,6 +29,7 @@ NOT_INHERITED = (
     "DATABASE_URL",
     "DEV_SIGNALS",
     "NOTIFY_",
+    "ADMIN_TOKEN",
 )
 
 
@@ -134,6 +135,21 @@ def test_make_dev_serves_all_four_takes_a_payment_and_stops_them_on_ctrl_c(dev):
         15,
         lambda: f"the receiver to print the notification:\n{dev.log.read_text()[-3000:]}",
     )
+    printed = re.search(
+        rf"Operator page +{re.escape(dev.service)}/admin/ +\(sign in with ADMIN_TOKEN: (\S+)\)", dev.log.read_text()
+    )
+    assert printed, dev.log.read_text()[-3000:]
+    operator = requests.Session()
+    form = operator.get(f"{dev.service}/admin/sign-in", timeout=10).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form)[1]
+    signed_in = operator.post(
+        f"{dev.service}/admin/sign-in",
+        data={"token": printed[1], "csrf_token": csrf},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert signed_in.status_code == 303
+    assert "ord_dev" in operator.get(f"{dev.service}/admin/orders", timeout=10).text
 
     dev.ctrl_c()
 
