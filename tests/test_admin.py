@@ -16,7 +16,7 @@ from admin.formatting import aware, money
 from config import ConfigError
 from conftest import make_app, service_settings
 from models import Notification, NotificationStatus, Order, OrderResolution, Outcome, WebhookEvent, db, utcnow
-from support import order_payload, wait_for
+from support import checkout, deliver, order, order_payload, signed_event, wait_for
 
 TOKEN = "admin-test-token-0123456789abcdef"
 # every admin page, and every form's address (order, notification and event ids need not exist)
@@ -301,6 +301,30 @@ def test_a_dead_notification_is_listed_and_redelivered(admin):
         f"/admin/notifications/{dead.id}/redeliver", data={"csrf_token": token, "next": "//evil.test"}
     )
     assert outside.headers["Location"] == "/admin/deliveries"
+
+
+def test_a_failed_webhook_event_is_listed_and_replayed_through_the_webhooks_path(admin, simulator):
+    client = signed_in(admin)
+    body = checkout(client)
+    event = signed_event("checkout_session.completed", body["sessionId"])
+    simulator.faults(fail=1000)  # Monime cannot confirm the completion
+    assert deliver(client, event).status_code == 503
+    page = client.get("/admin/deliveries").text
+    assert event["id"] in page and "Replay" in page
+    token = csrf_token(client, "/admin/deliveries")
+
+    again = client.post(f"/admin/events/{event['id']}/replay", data={"csrf_token": token}, follow_redirects=True)
+
+    assert f"Event {event['id']} failed again:" in again.text
+    simulator.faults()
+    replayed = client.post(f"/admin/events/{event['id']}/replay", data={"csrf_token": token}, follow_redirects=True)
+    assert f"Event {event['id']} replayed: applied." in replayed.text
+    assert order(client, body["orderId"])["status"] == "completed"
+    (stored_event,) = stored(admin, WebhookEvent)
+    assert stored_event.outcome == "applied" and stored_event.id not in client.get("/admin/deliveries").text
+    twice = client.post(f"/admin/events/{event['id']}/replay", data={"csrf_token": token}, follow_redirects=True)
+    assert "already processed, nothing changed" in twice.text
+    assert client.post("/admin/events/evt-nope/replay", data={"csrf_token": token}).status_code == 404
 
 
 def test_the_landing_page_counts_what_needs_a_person_and_charts_the_days_and_hours(admin):
