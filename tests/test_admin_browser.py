@@ -86,8 +86,12 @@ def operator(app, database_url, simulator, receiver, tmp_path):  # noqa: F811
 
 
 def signed_in_page(browser, url: str, width: int = 1100, height: int = 760):
+    """A new browser context signed in at /admin/ (through the sign-in page); every console error
+    (a Content-Security-Policy violation is one) is kept in page.errors."""
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
+    page.errors = []
+    page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
     page.goto(f"{url}/admin/")
     expect(page).to_have_url(re.compile(re.escape(f"{url}/admin/sign-in?next=/admin/")))
     snap(page, "admin-sign-in")
@@ -134,6 +138,7 @@ def test_an_operator_finds_an_order_reads_its_timeline_and_resolves_it_from_the_
     audit = page.locator(".timeline li.k-resolution")
     expect(audit).to_contain_text("Resolved: complete by admin via admin")
     expect(audit).to_contain_text("Bank statement shows SLE 51.50 received")
+    assert page.errors == []  # nothing the page uses was refused by its Content-Security-Policy
     context.close()
 
 
@@ -153,6 +158,7 @@ def test_an_operator_redelivers_a_dead_notification(browser, operator, receiver,
     wait_for(lambda: notification.id in [d["id"] for d in receiver.delivered()], 20, "the redelivered notification")
     page.goto(f"{url}/admin/orders/{ids['unlucky']}")
     expect(page.locator(".timeline li.k-notification .badge")).to_have_text("delivered")
+    assert page.errors == []
     context.close()
 
     phone, page = signed_in_page(browser, url, width=390, height=844)
