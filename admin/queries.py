@@ -77,8 +77,8 @@ class Entry:
     subject_id: str | None = None  # the event or notification an action on this line acts on
 
 
-def timeline(order: Order) -> tuple[list, list[Entry]]:
-    """The order's sessions and its history, one timeline in time order (oldest first): its
+def timeline(order: Order) -> list[Entry]:
+    """The order's history, one timeline in time order (oldest first): its
     creation, each session, each webhook event about it (and any other body under its id), each
     notification with its delivery attempts, and each resolution."""
     sessions = orders.sessions(order.id)
@@ -109,7 +109,7 @@ def timeline(order: Order) -> tuple[list, list[Entry]]:
         entries.append(Entry(done.resolved_at, "resolution", f"Resolved: {done.action} by {done.by} via {done.via}",
                              details))  # fmt: skip
     entries.sort(key=lambda entry: aware(entry.at))
-    return sessions, entries
+    return entries
 
 
 def detail(text: str | None, label: str = "detail") -> list[tuple[str, str]]:

@@ -86,8 +86,7 @@ def order_page(order_id: str):
     order = orders.get(order_id)
     if order is None:
         abort(404, f"No order has the id {order_id!r}.")
-    sessions, entries = queries.timeline(order)
-    return render_template("admin/order.html", order=order, sessions=sessions, entries=entries)
+    return render_template("admin/order.html", order=order, entries=queries.timeline(order))
 
 
 @bp.get("/review")
