@@ -23,9 +23,10 @@ COPY requirements.txt .
 RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir -r requirements.txt
 
-# The service is the top-level modules, the api package, the migrations and the docs template.
+# The service is the top-level modules, the api and admin packages, the migrations and the docs template.
 COPY *.py ./
 COPY api/ api/
+COPY admin/ admin/
 COPY migrations/ migrations/
 COPY templates/ templates/
 
