@@ -59,6 +59,26 @@ def positive_seconds(name: str, default: str) -> float:
 client_timeout = positive_seconds("GUNICORN_CLIENT_TIMEOUT", "10")
 
 
+def check_service_settings() -> None:
+    """The service's settings, checked here in the master before gunicorn logs a line or
+    starts a worker: a bad environment stops gunicorn with the one line naming every problem
+    (config.check, as create_app() runs it outside debug and tests, and CATALOG_FILE), exit
+    status 1, instead of every worker failing with a traceback."""
+    import catalog
+    from config import ConfigError, check, from_environment
+
+    settings = from_environment()
+    try:
+        check(settings, relaxed=False)
+        if settings["CATALOG_FILE"]:
+            catalog.load(settings["CATALOG_FILE"])
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+check_service_settings()
+
+
 class BodyDeadline:
     """The socket gunicorn reads a request's body from, with a deadline
     (time.monotonic() seconds): no read waits past it, and once it has passed a
