@@ -10,9 +10,10 @@ import os
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
 
 from gunicorn.glogging import Logger
+
+import logs
 
 # gthread: each worker serves several requests at once in threads, so a
 # checkout waiting seconds on Monime does not block webhooks or health checks.
@@ -170,8 +171,15 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
-class JsonAccessLogger(Logger):
-    """The access log as JSON objects, escaped properly, with the request id the app echoes."""
+class JsonLogger(Logger):
+    """Every line gunicorn writes as one JSON object: its own (starting, booting a worker, a
+    worker's traceback) with logs.JsonFormatter, as the service's are, on stderr; the access
+    log, escaped properly, with the request id the app echoes, on stdout."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(logs.JsonFormatter())
 
     def access(self, resp, req, environ, request_time):
         if not self.access_log_enabled:
@@ -179,7 +187,7 @@ class JsonAccessLogger(Logger):
         headers = {name.lower(): value for name, value in resp.headers}
         entry = {
             "type": "access",
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "time": logs.timestamp(time.time()),
             "pid": os.getpid(),
             "method": environ.get("REQUEST_METHOD"),
             "path": environ.get("PATH_INFO"),
@@ -192,4 +200,4 @@ class JsonAccessLogger(Logger):
         self.access_log.info(json.dumps(entry))
 
 
-logger_class = JsonAccessLogger
+logger_class = JsonLogger

@@ -196,12 +196,16 @@ class CatalogCheckoutRequestSchema(CheckoutRequestSchema):
 
 
 class UtcDateTime(fields.DateTime):
-    """SQLite hands datetimes back without a zone; they were stored as UTC."""
+    """A moment as ISO 8601 in UTC ending in `Z` (`2026-11-30T05:14:43.123456Z`), as Monime's
+    own timestamps and the README show. SQLite hands datetimes back without a zone; they were
+    stored as UTC."""
 
     def _serialize(self, value, attr, obj, **kwargs):
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return super()._serialize(value, attr, obj, **kwargs)
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class MoneySchema(Schema):

@@ -165,6 +165,7 @@ def test_each_change_is_notified_once_signed_with_every_secret_and_showing_the_o
     assert sorted(d["id"] for d in delivered) == sorted(row.id for row in rows)  # one id each, the row's
     for delivery in delivered:
         assert delivery["id"] == delivery["body"]["id"] and delivery["id"].startswith("msg_")
+        assert delivery["body"]["createdAt"].endswith("Z"), "UTC, as the README shows"
         assert delivery["body"]["order"] == order(api, delivery["body"]["order"]["orderId"])  # as GET shows it
     held_notification = next(d["body"] for d in delivered if d["body"]["type"] == "order.held")
     assert held_notification["order"]["review"]["eventId"] == mismatch["id"]
