@@ -25,7 +25,7 @@ from models import (
     WebhookEventVariant,
     db,
 )
-from schemas import ResolveRequestSchema
+from schemas import ResolveRequestSchema, money
 
 orders_cli = AppGroup("orders", help="Inspect and reconcile orders.")
 events_cli = AppGroup("events", help="Inspect and replay stored webhook events.")
@@ -54,7 +54,7 @@ def reconcile(older_than: timedelta, limit: int, dry_run: bool) -> None:
     """Bring pending orders up to Monime's truth, for webhooks that never arrived."""
     tally = events.reconcile(older_than, limit, dry_run)
     counts = ", ".join(f"{outcome} {count}" for outcome, count in sorted(tally.items())) or "nothing to do"
-    click.echo(f"{'would reconcile' if dry_run else 'reconciled'} {sum(tally.values())} orders: {counts}")
+    click.echo(f"{'would reconcile' if dry_run else 'reconciled'} {number(sum(tally.values()), 'order')}: {counts}")
     if tally[Outcome.FAILED]:
         raise SystemExit(1)  # Monime could not be asked about every order: a scheduler should see it
 
@@ -66,7 +66,7 @@ def show(order_id: str) -> None:
     order = orders.get(order_id)
     if order is None:
         raise click.ClickException(f"no order {order_id!r}")
-    click.echo(f"order {order.id} [{order.status}] {order.currency} {order.amount} {order.name!r}")
+    click.echo(f"order {order.id} [{order.status}] {money(order.currency, order.amount)} {order.name!r}")
     click.echo(f"  created {order.created_at:%Y-%m-%d %H:%M:%S}, updated {order.updated_at:%Y-%m-%d %H:%M:%S}")
     if order.monime_order_number:
         click.echo(f"  Monime order number {order.monime_order_number}")
@@ -121,11 +121,14 @@ def resolve(order_id: str, complete: bool, dismiss: bool, note: str) -> None:
 @orders_cli.command("review")
 def review() -> None:
     """Orders and events held for a person: amount mismatches, double payments, unknown sessions."""
-    held_orders = db.session.scalars(select(Order).where(Order.review_reason.is_not(None)).order_by(Order.updated_at))
+    held = select(Order).where(Order.review_reason.is_not(None)).order_by(Order.updated_at)
+    held_orders, held_events = list(db.session.scalars(held)), stored_events([Outcome.HELD, Outcome.UNMATCHED])
     for order in held_orders:
         click.echo(f"order {order.id} [{order.status}] {order.review_reason} (event {order.review_event_id or '-'})")
-    for event in stored_events([Outcome.HELD, Outcome.UNMATCHED]):
+    for event in held_events:
         click.echo(describe(event))
+    if not held_orders and not held_events:
+        click.echo("no orders held, no events held or unmatched")
 
 
 @events_cli.command("list")
@@ -133,8 +136,11 @@ def review() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 def list_events(outcomes: tuple[str, ...], limit: int) -> None:
     """Stored events, oldest first."""
-    for event in stored_events(outcomes, limit):
+    found = stored_events(outcomes, limit)
+    for event in found:
         click.echo(describe(event))
+    if not found:
+        click.echo(f"no {' or '.join(outcomes) + ' ' if outcomes else ''}events stored")
 
 
 @events_cli.command("replay")
@@ -145,6 +151,8 @@ def replay(event_id: str | None, failed: bool) -> None:
     if bool(event_id) == failed:
         raise click.UsageError("give one event id, or --failed")
     ids = [event_id] if event_id else [event.id for event in stored_events([Outcome.FAILED])]
+    if not ids:
+        click.echo("no failed events to replay")
     still_failing = 0
     for one in ids:
         try:
@@ -158,6 +166,11 @@ def replay(event_id: str | None, failed: bool) -> None:
         click.echo(f"event {one}: {'already processed, nothing changed' if receipt.duplicate else receipt.outcome}")
     if still_failing:
         raise SystemExit(1)
+
+
+def number(count: int, noun: str) -> str:
+    """A count that agrees with its noun: (1, "order") -> "1 order", (2, "order") -> "2 orders"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def stored_events(outcomes=(), limit: int | None = None) -> list[WebhookEvent]:
@@ -193,7 +206,10 @@ def list_notifications(statuses: tuple[str, ...], limit: int) -> None:
     query = select(Notification).order_by(Notification.created_at).limit(limit)
     if statuses:
         query = query.where(Notification.status.in_(statuses))
-    for row in db.session.scalars(query):
+    rows = list(db.session.scalars(query))
+    if not rows:
+        click.echo(f"no {' or '.join(statuses) + ' ' if statuses else ''}notifications")
+    for row in rows:
         when = (
             f"delivered {row.delivered_at:%Y-%m-%d %H:%M:%S}"
             if row.delivered_at
@@ -217,7 +233,7 @@ def redeliver(notification_id: str | None, dead: bool) -> None:
     db.session.commit()
     if notification_id and not count:
         raise click.ClickException(f"no notification {notification_id!r}")
-    click.echo(f"{count} notification{'s' if count != 1 else ''} to be delivered again")
+    click.echo(f"{number(count, 'notification')} to be delivered again")
 
 
 def init_app(app) -> None:

@@ -211,7 +211,7 @@ def test_a_change_undone_is_never_notified(notifying, simulator, receiver):
 
     result = service.test_cli_runner().invoke(args=["orders", "reconcile", "--older-than", "0s", "--dry-run"])
 
-    assert "would reconcile 1 orders: applied 1" in result.output, result.output
+    assert "would reconcile 1 order: applied 1" in result.output, result.output
     assert order(api, body["orderId"])["status"] == "pending"
     assert stored(service) == []
     service.test_cli_runner().invoke(args=["orders", "reconcile", "--older-than", "0s"])
@@ -249,7 +249,7 @@ def test_after_notify_retry_for_a_notification_is_dead_until_redelivered(notifyi
     (dead,) = stored(service)
     assert dead.attempts >= 2 and dead.last_error == "answered HTTP 500"
     assert dead.id in cli.invoke(args=["notifications", "list", "--status", "dead"]).output
-    assert cli.invoke(args=["notifications", "list", "--status", "pending"]).output == ""
+    assert cli.invoke(args=["notifications", "list", "--status", "pending"]).output == "no pending notifications\n"
     dead_ones = metric(scrape(api), "notification_deliveries_total", result="dead")
     assert dead_ones - metric(before, "notification_deliveries_total", result="dead") == 1
 
