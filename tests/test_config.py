@@ -2,10 +2,12 @@
 
 import logging
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+from dotenv import dotenv_values
 
 from app import create_app
 from config import ConfigError, check, from_environment, normalise_database_url
@@ -324,3 +326,26 @@ def test_an_unreadable_catalog_stops_gunicorn_with_one_line(tmp_path):
     assert run.returncode == 1 and run.stdout == ""
     assert len(run.stderr.splitlines()) == 1, run.stderr
     assert run.stderr.startswith(f"CATALOG_FILE {str(tmp_path / 'no')!r} cannot be read: ")
+
+
+def test_env_example_uncommented_is_read_alike_by_make_dev_and_flask_and_is_valid(tmp_path):
+    """Every `# NAME=value` line of .env.example uncommented: scripts/dev sources it with the
+    shell, the flask command reads it with python-dotenv; both see the same settings, and
+    they pass the service's check outside development."""
+    example = (ROOT / ".env.example").read_text()
+    uncommented = re.sub(r"^# ([A-Z_]+=)", r"\1", example, flags=re.MULTILINE)
+    assert uncommented.count("\n# ") >= 1 and "MONIME_WEBHOOK_SECRET=" in uncommented
+    env_file = tmp_path / ".env"
+    env_file.write_text(uncommented)
+    names = re.findall(r"^([A-Z_]+)=", uncommented, flags=re.MULTILINE)
+
+    shell = subprocess.run(
+        ["bash", "-c", 'set -euo pipefail; set -a; . "$1"; set +a; env -0', "-", str(env_file)],
+        env=BARE, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    sourced = dict(line.split("=", 1) for line in shell.stdout.split("\0") if line)
+    read = dotenv_values(env_file)
+
+    assert shell.stderr == ""
+    assert {name: sourced[name] for name in names} == {name: read[name] for name in names}
+    check(from_environment(read), relaxed=False)
