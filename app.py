@@ -2,6 +2,7 @@
 
 import os
 
+import click
 from flask import Flask
 from flask_cors import CORS
 from flask_migrate import Migrate
@@ -15,13 +16,27 @@ import logs
 import models
 import monime
 import notifications
-from config import MAX_BODY_BYTES, check, from_environment, warn
+from config import MAX_BODY_BYTES, ConfigError, check, from_environment, warn
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 migrate = Migrate(directory=MIGRATIONS, render_as_batch=True)
 
 
 def create_app(config: dict | None = None) -> Flask:
+    """The service: settings from the environment, then `config` (tests), checked.
+
+    Raises ConfigError naming every problem with the settings (config.check, CATALOG_FILE);
+    under the `flask` command that is its one line, `Error: Invalid configuration: …`, and
+    exit status 1, never a traceback (gunicorn's one line comes from gunicorn.conf.py)."""
+    try:
+        return _create_app(config)
+    except ConfigError as exc:
+        if click.get_current_context(silent=True) is None:  # gunicorn (wsgi.py), tests
+            raise
+        raise click.ClickException(str(exc)) from None
+
+
+def _create_app(config: dict | None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(from_environment(), MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.config.update(config or {})

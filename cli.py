@@ -20,7 +20,7 @@ from models import (
     WebhookEvent,
     db,
 )
-from schemas import ResolveRequestSchema
+from schemas import ResolveRequestSchema, money
 
 orders_cli = AppGroup("orders", help="Inspect and reconcile orders.")
 events_cli = AppGroup("events", help="Inspect and replay stored webhook events.")
@@ -49,7 +49,7 @@ def reconcile(older_than: timedelta, limit: int, dry_run: bool) -> None:
     """Bring pending orders up to Monime's truth, for webhooks that never arrived."""
     tally = events.reconcile(older_than, limit, dry_run)
     counts = ", ".join(f"{outcome} {count}" for outcome, count in sorted(tally.items())) or "nothing to do"
-    click.echo(f"{'would reconcile' if dry_run else 'reconciled'} {sum(tally.values())} orders: {counts}")
+    click.echo(f"{'would reconcile' if dry_run else 'reconciled'} {number(sum(tally.values()), 'order')}: {counts}")
     if tally[Outcome.FAILED]:
         raise SystemExit(1)  # Monime could not be asked about every order: a scheduler should see it
 
@@ -61,7 +61,7 @@ def show(order_id: str) -> None:
     order = orders.get(order_id)
     if order is None:
         raise click.ClickException(f"no order {order_id!r}")
-    click.echo(f"order {order.id} [{order.status}] {order.currency} {order.amount} {order.name!r}")
+    click.echo(f"order {order.id} [{order.status}] {money(order.currency, order.amount)} {order.name!r}")
     click.echo(f"  created {order.created_at:%Y-%m-%d %H:%M:%S}, updated {order.updated_at:%Y-%m-%d %H:%M:%S}")
     if order.monime_order_number:
         click.echo(f"  Monime order number {order.monime_order_number}")
@@ -114,10 +114,13 @@ def resolve(order_id: str, complete: bool, dismiss: bool, note: str) -> None:
 @orders_cli.command("review")
 def review() -> None:
     """Orders and events held for a person: amount mismatches, double payments, unknown sessions."""
-    for order in orders.held():
+    held_orders, held_events = orders.held(), events.stored([Outcome.HELD, Outcome.UNMATCHED])
+    for order in held_orders:
         click.echo(f"order {order.id} [{order.status}] {order.review_reason} (event {order.review_event_id or '-'})")
-    for event in events.stored([Outcome.HELD, Outcome.UNMATCHED]):
+    for event in held_events:
         click.echo(describe(event))
+    if not held_orders and not held_events:
+        click.echo("no orders held, no events held or unmatched")
 
 
 @events_cli.command("list")
@@ -125,8 +128,11 @@ def review() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 def list_events(outcomes: tuple[str, ...], limit: int) -> None:
     """Stored events, oldest first."""
-    for event in events.stored(outcomes, limit):
+    found = events.stored(outcomes, limit)
+    for event in found:
         click.echo(describe(event))
+    if not found:
+        click.echo(f"no {' or '.join(outcomes) + ' ' if outcomes else ''}events stored")
 
 
 @events_cli.command("replay")
@@ -137,6 +143,8 @@ def replay(event_id: str | None, failed: bool) -> None:
     if bool(event_id) == failed:
         raise click.UsageError("give one event id, or --failed")
     ids = [event_id] if event_id else [event.id for event in events.stored([Outcome.FAILED])]
+    if not ids:
+        click.echo("no failed events to replay")
     still_failing = 0
     for one in ids:
         try:
@@ -150,6 +158,11 @@ def replay(event_id: str | None, failed: bool) -> None:
         click.echo(f"event {one}: {'already processed, nothing changed' if receipt.duplicate else receipt.outcome}")
     if still_failing:
         raise SystemExit(1)
+
+
+def number(count: int, noun: str) -> str:
+    """A count that agrees with its noun: (1, "order") -> "1 order", (2, "order") -> "2 orders"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def describe(event: WebhookEvent) -> str:
@@ -175,7 +188,10 @@ def run_relay() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 def list_notifications(statuses: tuple[str, ...], limit: int) -> None:
     """Notifications, oldest first (repeat --status for several)."""
-    for row in notifications.listed(statuses, limit):
+    rows = notifications.listed(statuses, limit)
+    if not rows:
+        click.echo(f"no {' or '.join(statuses) + ' ' if statuses else ''}notifications")
+    for row in rows:
         when = (
             f"delivered {row.delivered_at:%Y-%m-%d %H:%M:%S}"
             if row.delivered_at
@@ -199,7 +215,7 @@ def redeliver(notification_id: str | None, dead: bool) -> None:
     db.session.commit()
     if notification_id and not count:
         raise click.ClickException(f"no notification {notification_id!r}")
-    click.echo(f"{count} notification{'s' if count != 1 else ''} to be delivered again")
+    click.echo(f"{number(count, 'notification')} to be delivered again")
 
 
 def init_app(app) -> None:
