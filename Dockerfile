@@ -23,9 +23,11 @@ COPY requirements.txt .
 RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir -r requirements.txt
 
-# The service is the top-level modules, the api package, the migrations and the docs template.
-COPY *.py ./
+# The service is the top-level modules, the api and admin packages, the migrations, the docs
+# page and pyproject.toml (the version the OpenAPI document shows).
+COPY pyproject.toml *.py ./
 COPY api/ api/
+COPY admin/ admin/
 COPY migrations/ migrations/
 COPY templates/ templates/
 

@@ -1,9 +1,15 @@
 """The service's own OpenAPI 3 document, built from the marshmallow schemas.
 
-Served at /openapi.json and, readable, at /docs. The checkout request is the
-one of the mode the service runs in (catalog or not).
+Served at /openapi.json and, readable, at /docs: Swagger UI, from the flask-swagger-ui
+package's copy of its dist (no CDN), renders the descriptions as Markdown and the
+examples below. The checkout request is the one of the mode the service runs in
+(catalog or not). The document's version is the project's, from pyproject.toml.
 """
 
+import tomllib
+from pathlib import Path
+
+import flask_swagger_ui
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
@@ -22,6 +28,19 @@ from schemas import (
     WebhookReceiptSchema,
 )
 
+ROOT = Path(__file__).resolve().parent
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+# What /docs/<name> serves: Swagger UI's script and styles from the package, the page's own
+# from templates/ beside docs.html.
+SWAGGER_UI = Path(flask_swagger_ui.__file__).parent / "dist"
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": SWAGGER_UI,
+    "swagger-ui.css": SWAGGER_UI,
+    "docs.js": ROOT / "templates",
+    "docs.css": ROOT / "templates",
+}
+
 DESCRIPTION = """Take payments through Monime's hosted checkout.
 
 Every response carries `X-Request-ID` (yours, if you sent a valid one).
@@ -30,6 +49,101 @@ in minor units: 2500 is SLE 25.00.
 
 Rules of a checkout request beyond its schema: every line item uses the same
 currency; line item references are unique; metadata keys are 1-100 characters."""
+
+# Examples Swagger UI shows on /docs, one per main request and answer; tests/test_openapi.py
+# loads each with its schema. The webhook's is the simulator's sample event.
+CHECKOUT_EXAMPLE = {
+    "name": "Order #1001",
+    "orderId": "ord_1001",
+    "lineItems": [
+        {"type": "custom", "name": "Starter bundle", "price": {"currency": "SLE", "value": 2500}, "quantity": 1}
+    ],
+    "metadata": {"cartId": "cart_123"},
+    "callbackState": "state_cart_123",
+}
+CATALOG_CHECKOUT_EXAMPLE = {
+    "name": "Order #1002",
+    "orderId": "ord_1002",
+    "lineItems": [{"sku": "starter-bundle", "quantity": 2}],
+}
+SESSION_ID = "scs-5f3c2b1a0d9e8f7a6b5c4d3e"
+CREATED_EXAMPLE = {
+    "orderId": "ord_1001",
+    "sessionId": SESSION_ID,
+    "redirectUrl": f"https://checkout.monime.io/{SESSION_ID}",
+}
+ORDER_EXAMPLE = {
+    "orderId": "ord_1001",
+    "status": "completed",
+    "amount": {"currency": "SLE", "value": 2500},
+    "checkoutSessionId": SESSION_ID,
+    "orderNumber": "7KQ2M9XH4DPA",
+    "name": "Order #1001",
+    "lineItems": CHECKOUT_EXAMPLE["lineItems"],
+    "review": None,
+    "createdAt": "2026-01-01T11:59:00.000000Z",
+    "updatedAt": "2026-01-01T12:00:01.000000Z",
+}
+PAGE_EXAMPLE = {"data": [ORDER_EXAMPLE], "next": "WyIyMDI2LTAxLTAxVDEyOjAwOjAxKzAwOjAwIiwgIm9yZF8xMDAxIl0"}
+RESOLVE_EXAMPLE = {"action": "complete", "note": "Bank confirmed SLE 51.50 received"}
+RESOLUTION_EXAMPLE = {
+    "orderId": "ord_1001",
+    **RESOLVE_EXAMPLE,
+    "by": "shop-backend",
+    "previousStatus": "pending",
+    "previousReview": {
+        "reason": "amount mismatch: Monime reports SLE 51.50, the order is SLE 25.00",
+        "eventId": "evt-0a1b2c3d4e5f60718293",
+    },
+    "resolvedAt": "2026-01-01T13:00:00.000000Z",
+    "order": ORDER_EXAMPLE,
+}
+WEBHOOK_EXAMPLE = {  # the simulator's sample (simulator/samples/checkout_session.completed.json), trimmed
+    "apiVersion": "caph.2025-08-23",
+    "event": {
+        "id": "evt-0a1b2c3d4e5f60718293",
+        "name": "checkout_session.completed",
+        "timestamp": "2026-01-01T12:00:00Z",
+    },
+    "object": {"id": SESSION_ID, "type": "checkout_session"},
+    "data": {
+        "id": SESSION_ID,
+        "status": "completed",
+        "orderNumber": "7KQ2M9XH4DPA",
+        "reference": "ord_1001",
+        "lineItems": {
+            "data": [
+                {"type": "custom", "quantity": 1, "name": "Starter bundle", "price": {"currency": "SLE", "value": 2500}}
+            ]
+        },
+        "metadata": {"orderId": "ord_1001"},
+    },
+}
+RECEIPT_EXAMPLE = {"received": True, "eventId": "evt-0a1b2c3d4e5f60718293", "duplicate": False, "outcome": "applied"}
+INVALID_EXAMPLE = {
+    "error": {
+        "code": "validation_failed",
+        "message": "The request is invalid.",
+        "fields": {
+            "lineItems": {"0": {"quantity": ["Must be greater than or equal to 1 and less than or equal to 100000."]}}
+        },
+    }
+}
+
+CHECKOUT_DESCRIPTION = """The order and its `Idempotency-Key` are stored **before** Monime is called.
+
+- Timeouts, connection errors, `429` and `5xx` from Monime are retried with the same key
+  for up to `MONIME_RETRY_DEADLINE` seconds, a hard limit: then `504 monime_timeout`.
+- Submitting the same order again reuses the key, so Monime makes **one** session however
+  often the shopper presses *Pay*; after a session is `cancelled` or `expired`, a new one.
+- Amounts are integers in minor units; the service computes the total itself."""
+
+WEBHOOK_DESCRIPTION = """Monime's signed event, the authority on an order's status.
+
+- The signature covers the **raw body**: `Monime-Signature: t=<unix seconds>,v1=<base64>`,
+  HMAC-SHA256 with one of `MONIME_WEBHOOK_SECRET`, within `MONIME_WEBHOOK_TOLERANCE` seconds.
+- An event id is applied **once**; a redelivery answers `200` with `duplicate: true`.
+- A completion whose amount differs from the order is held for a person (`outcome: held`)."""
 
 REQUEST_ID = {
     "description": "Echoes the request's X-Request-ID, or one made for it; it is in every log line of the request.",
@@ -48,7 +162,7 @@ def build(catalog_mode: bool) -> dict:
     documents the checkout request CATALOG_FILE makes the service take."""
     spec = APISpec(
         title="monime-checkout",
-        version="1.0.0",
+        version=VERSION,
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
         info={"description": DESCRIPTION},
@@ -68,7 +182,7 @@ def build(catalog_mode: bool) -> dict:
     }.items():
         spec.components.schema(name, schema=schema)
     spec.components.security_scheme("apiKey", API_KEY)
-    for path, operations in paths().items():
+    for path, operations in paths(catalog_mode).items():
         spec.path(path=path, operations=operations)
     return spec.to_dict()
 
@@ -77,14 +191,20 @@ def build(catalog_mode: bool) -> dict:
 LIVE = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}, "required": ["status"]}
 
 
-def paths() -> dict:
-    """The document's paths: every route and its answers."""
+def paths(catalog_mode: bool) -> dict:
+    """The document's paths: every route and its answers (the checkout's example as `catalog_mode` takes it)."""
     checkout = operation(
         "Create a checkout session for an order",
         {
-            "201": answer("A new Monime session; send the shopper to `redirectUrl`.", "CheckoutCreated"),
-            "200": answer("The same order again while its session is pending: the same session.", "CheckoutCreated"),
-            "400": error("Invalid order: `error.fields` names each bad field. Monime was not called."),
+            "201": answer(
+                "A new Monime session; send the shopper to `redirectUrl`.", "CheckoutCreated", CREATED_EXAMPLE
+            ),
+            "200": answer(
+                "The same order again while its session is pending: the same session.",
+                "CheckoutCreated",
+                CREATED_EXAMPLE,
+            ),
+            "400": error("Invalid order: `error.fields` names each bad field. Monime was not called.", INVALID_EXAMPLE),
             "409": error("`order_conflict` (this orderId with other content) or `order_completed`."),
             "413": error("Body too large."),
             "415": error("Not `Content-Type: application/json`."),
@@ -94,17 +214,21 @@ def paths() -> dict:
             "504": error("Monime did not answer in time (`monime_timeout`)."),
         },
         body="CheckoutRequest",
+        example=CATALOG_CHECKOUT_EXAMPLE if catalog_mode else CHECKOUT_EXAMPLE,
+        description=CHECKOUT_DESCRIPTION,
     )
     webhook = operation(
         "Receive a Monime webhook (signed)",
         {
-            "200": answer("Processed, or a redelivery acknowledged.", "WebhookReceipt"),
+            "200": answer("Processed, or a redelivery acknowledged.", "WebhookReceipt", RECEIPT_EXAMPLE),
             "400": error("Signed, but not a Monime event."),
             "401": error("Signature missing, malformed, stale or not matching."),
             "413": error("Body over 1 MiB."),
             "503": error("Database unavailable, or Monime cannot confirm a completion; deliver again.", retry=True),
         },
         body="WebhookEvent",
+        example=WEBHOOK_EXAMPLE,
+        description=WEBHOOK_DESCRIPTION,
         parameters=[
             {
                 "name": "Monime-Signature",
@@ -123,7 +247,9 @@ def paths() -> dict:
             "get": secured(
                 "The order feed: orders by their last change, a page at a time",
                 {
-                    "200": answer("Orders changed after `after`; `next` continues from the last.", "OrderPage"),
+                    "200": answer(
+                        "Orders changed after `after`; `next` continues from the last.", "OrderPage", PAGE_EXAMPLE
+                    ),
                     "400": error("A bad `status`, `limit` or `after`: `error.fields` names it."),
                     "503": unavailable(),
                 },
@@ -134,7 +260,7 @@ def paths() -> dict:
             "post": secured(
                 "Resolve an order held for review: complete it, or dismiss the hold",
                 {
-                    "200": answer("Resolved, and recorded under the API key's name.", "Resolution"),
+                    "200": answer("Resolved, and recorded under the API key's name.", "Resolution", RESOLUTION_EXAMPLE),
                     "400": error("Invalid: `error.fields` names each bad field."),
                     "404": error("No such order."),
                     "409": error("`not_held`: the order is not held for review (or was just resolved)."),
@@ -143,13 +269,18 @@ def paths() -> dict:
                     "503": unavailable(),
                 },
                 body="ResolveRequest",
+                example=RESOLVE_EXAMPLE,
                 parameters=[{**ORDER_ID, "in": "path"}],
             )
         },
         "/api/orders/{orderId}": {
             "get": operation(
                 "An order's status",
-                {"200": answer("The order.", "Order"), "404": error("No such order."), "503": unavailable()},
+                {
+                    "200": answer("The order.", "Order", ORDER_EXAMPLE),
+                    "404": error("No such order."),
+                    "503": unavailable(),
+                },
                 parameters=[{**ORDER_ID, "in": "path"}],
             )
         },
@@ -184,11 +315,22 @@ def back(page: str) -> dict:
     )
 
 
-def operation(summary: str, responses: dict, body: str | None = None, parameters: list | None = None) -> dict:
-    """An operation: summary, answers by status, and an optional JSON request body and parameters."""
+def operation(
+    summary: str,
+    responses: dict,
+    body: str | None = None,
+    parameters: list | None = None,
+    example: dict | None = None,
+    description: str | None = None,
+) -> dict:
+    """An OpenAPI operation: `body` names the request's schema, `example` is a request body
+    for it, `description` is Markdown."""
     spec = {"summary": summary, "responses": responses, "parameters": parameters or []}
+    if description:
+        spec["description"] = description
     if body:
-        spec["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        media = {"schema": body} | ({"example": example} if example is not None else {})
+        spec["requestBody"] = {"required": True, "content": {"application/json": media}}
     return spec
 
 
@@ -200,18 +342,15 @@ def secured(summary: str, responses: dict, **kwargs) -> dict:
     return spec | {"security": [{"apiKey": []}]}
 
 
-def answer(description: str, schema: str | dict) -> dict:
-    """A JSON answer with the `schema` (a name or an inline schema) and X-Request-ID."""
-    return {
-        "description": description,
-        "headers": {"X-Request-ID": REQUEST_ID},
-        "content": {"application/json": {"schema": schema}},
-    }
+def answer(description: str, schema: str | dict, example: dict | None = None) -> dict:
+    """A JSON answer of `schema`, with `example` when given."""
+    media = {"schema": schema} | ({"example": example} if example is not None else {})
+    return {"description": description, "headers": {"X-Request-ID": REQUEST_ID}, "content": {"application/json": media}}
 
 
-def error(description: str, retry: bool = False) -> dict:
-    """An error answer (ErrorSchema); with `retry`, its Retry-After header."""
-    response = answer(description, "Error")
+def error(description: str, example: dict | None = None, retry: bool = False) -> dict:
+    """An error answer (ErrorSchema), with `example` when given; with `retry`, its Retry-After header."""
+    response = answer(description, "Error", example)
     if retry:
         response["headers"] = response["headers"] | {"Retry-After": RETRY_AFTER}
     return response

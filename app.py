@@ -2,11 +2,13 @@
 
 import os
 
+import click
 from flask import Flask
 from flask_cors import CORS
 from flask_migrate import Migrate
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import admin
 import api
 import catalog
 import cli
@@ -14,17 +16,30 @@ import logs
 import models
 import monime
 import notifications
-from config import MAX_BODY_BYTES, check, from_environment, warn
+from config import MAX_BODY_BYTES, ConfigError, check, from_environment, warn
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 migrate = Migrate(directory=MIGRATIONS, render_as_batch=True)
 
 
 def create_app(config: dict | None = None) -> Flask:
-    """The Flask app: settings from the environment (config.from_environment), then `config` on top
+    """The service: settings from the environment (config.from_environment), then `config` on top
     (tests), checked by config.check (relaxed when TESTING or debug); the database (SQLite under
-    instance/ when DATABASE_URL is unset), the Monime client, the catalog, the blueprints, CORS,
-    the CLI and the notification relay. Raises config.ConfigError naming every bad setting."""
+    instance/ when DATABASE_URL is unset, in tests and development only), the Monime client, the
+    catalog, the blueprints, /admin, CORS, the CLI and the notification relay.
+
+    Raises ConfigError naming every problem with the settings (config.check, CATALOG_FILE);
+    under the `flask` command that is its one line, `Error: Invalid configuration: …`, and
+    exit status 1, never a traceback (gunicorn's one line comes from gunicorn.conf.py)."""
+    try:
+        return _create_app(config)
+    except ConfigError as exc:
+        if click.get_current_context(silent=True) is None:  # gunicorn (wsgi.py), tests
+            raise
+        raise click.ClickException(str(exc)) from None
+
+
+def _create_app(config: dict | None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(from_environment(), MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.config.update(config or {})
@@ -56,6 +71,7 @@ def create_app(config: dict | None = None) -> Flask:
         app.extensions["monime"].before_call = models.assert_no_transaction
     catalog.init_app(app)
     api.init_app(app)
+    admin.init_app(app)  # /admin, only when ADMIN_TOKEN is set
     if app.config["CORS_ORIGINS"]:  # a frontend on another origin calls checkout and polls orders
         origins = app.config["CORS_ORIGINS"]
         # Patterns match from the start of the path; never the feed (/api/orders) nor

@@ -9,7 +9,6 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
-from sqlalchemy import or_, select
 
 import events
 import notifications
@@ -17,17 +16,12 @@ import orders
 import sync
 from config import duration_seconds
 from models import (
-    CheckoutSession,
-    Notification,
     NotificationStatus,
-    Order,
     Outcome,
     WebhookEvent,
-    WebhookEventVariant,
-    db,
     transaction,
 )
-from schemas import ResolveRequestSchema
+from schemas import ResolveRequestSchema, money
 
 orders_cli = AppGroup("orders", help="Inspect and reconcile orders.")
 events_cli = AppGroup("events", help="Inspect and replay stored webhook events.")
@@ -57,7 +51,7 @@ def reconcile(older_than: timedelta, limit: int, dry_run: bool) -> None:
     """Bring pending orders up to Monime's truth, for webhooks that never arrived."""
     tally = sync.reconcile(older_than, limit, dry_run)
     counts = ", ".join(f"{outcome} {count}" for outcome, count in sorted(tally.items())) or "nothing to do"
-    click.echo(f"{'would reconcile' if dry_run else 'reconciled'} {sum(tally.values())} orders: {counts}")
+    click.echo(f"{'would reconcile' if dry_run else 'reconciled'} {number(sum(tally.values()), 'order')}: {counts}")
     if tally[Outcome.FAILED]:
         raise SystemExit(1)  # Monime could not be asked about every order: a scheduler should see it
 
@@ -69,7 +63,7 @@ def show(order_id: str) -> None:
     order = orders.lookup(order_id)
     if order is None:
         raise click.ClickException(f"no order {order_id!r}")
-    click.echo(f"order {order.id} [{order.status}] {order.currency} {order.amount} {order.name!r}")
+    click.echo(f"order {order.id} [{order.status}] {money(order.currency, order.amount)} {order.name!r}")
     click.echo(f"  created {order.created_at:%Y-%m-%d %H:%M:%S}, updated {order.updated_at:%Y-%m-%d %H:%M:%S}")
     if order.monime_order_number:
         click.echo(f"  Monime order number {order.monime_order_number}")
@@ -81,15 +75,13 @@ def show(order_id: str) -> None:
             f"{done.note!r}; was [{done.previous_status}] held: {done.previous_review_reason} "
             f"(event {done.previous_review_event_id or '-'})"
         )
-    sessions = db.session.scalars(select(CheckoutSession).where(CheckoutSession.order_id == order.id)).all()
-    for session in sorted(sessions, key=lambda s: s.created_at):
+    sessions = orders.sessions(order.id)
+    for session in sessions:
         current = " (current)" if session.id == order.checkout_session_id else ""
         click.echo(f"  session {session.id}{current} created {session.created_at:%Y-%m-%d %H:%M:%S}")
-    about = or_(WebhookEvent.order_id == order.id, WebhookEvent.session_id.in_([s.id for s in sessions]))
-    for event in db.session.scalars(select(WebhookEvent).where(about).order_by(WebhookEvent.received_at)):
+    for event in events.about(order.id, [session.id for session in sessions]):
         click.echo(f"  {describe(event)}")
-        variants = select(WebhookEventVariant).where(WebhookEventVariant.event_id == event.id)
-        for variant in db.session.scalars(variants.order_by(WebhookEventVariant.received_at)):
+        for variant in events.variants(event.id):
             click.echo(
                 f"    delivered again with a different body (sha256 {variant.body_sha256[:12]}…) "
                 f"{variant.received_at:%Y-%m-%d %H:%M:%S}"
@@ -123,11 +115,13 @@ def resolve(order_id: str, complete: bool, dismiss: bool, note: str) -> None:
 @orders_cli.command("review")
 def review() -> None:
     """Orders and events held for a person: amount mismatches, double payments, unknown sessions."""
-    held_orders = db.session.scalars(select(Order).where(Order.review_reason.is_not(None)).order_by(Order.updated_at))
+    held_orders, held_events = orders.held(), events.stored([Outcome.HELD, Outcome.UNMATCHED])
     for order in held_orders:
         click.echo(f"order {order.id} [{order.status}] {order.review_reason} (event {order.review_event_id or '-'})")
-    for event in stored_events([Outcome.HELD, Outcome.UNMATCHED]):
+    for event in held_events:
         click.echo(describe(event))
+    if not held_orders and not held_events:
+        click.echo("no orders held, no events held or unmatched")
 
 
 @events_cli.command("list")
@@ -135,8 +129,11 @@ def review() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 def list_events(outcomes: tuple[str, ...], limit: int) -> None:
     """Stored events, oldest first."""
-    for event in stored_events(outcomes, limit):
+    found = events.stored(outcomes, limit)
+    for event in found:
         click.echo(describe(event))
+    if not found:
+        click.echo(f"no {' or '.join(outcomes) + ' ' if outcomes else ''}events stored")
 
 
 @events_cli.command("replay")
@@ -146,7 +143,9 @@ def replay(event_id: str | None, failed: bool) -> None:
     """Process stored events again through the webhook's own path; a processed one changes nothing."""
     if bool(event_id) == failed:
         raise click.UsageError("give one event id, or --failed")
-    ids = [event_id] if event_id else [event.id for event in stored_events([Outcome.FAILED])]
+    ids = [event_id] if event_id else [event.id for event in events.stored([Outcome.FAILED])]
+    if not ids:
+        click.echo("no failed events to replay")
     still_failing = 0
     for one in ids:
         try:
@@ -162,12 +161,9 @@ def replay(event_id: str | None, failed: bool) -> None:
         raise SystemExit(1)
 
 
-def stored_events(outcomes=(), limit: int | None = None) -> list[WebhookEvent]:
-    """Stored webhook events, oldest first, with any of `outcomes`, at most `limit`."""
-    query = select(WebhookEvent).order_by(WebhookEvent.received_at).limit(limit)
-    if outcomes:
-        query = query.where(WebhookEvent.outcome.in_(outcomes))
-    return list(db.session.scalars(query))
+def number(count: int, noun: str) -> str:
+    """A count that agrees with its noun: (1, "order") -> "1 order", (2, "order") -> "2 orders"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def describe(event: WebhookEvent) -> str:
@@ -194,10 +190,10 @@ def run_relay() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 def list_notifications(statuses: tuple[str, ...], limit: int) -> None:
     """Notifications, oldest first (repeat --status for several)."""
-    query = select(Notification).order_by(Notification.created_at).limit(limit)
-    if statuses:
-        query = query.where(Notification.status.in_(statuses))
-    for row in db.session.scalars(query):
+    rows = notifications.listed(statuses, limit)
+    if not rows:
+        click.echo(f"no {' or '.join(statuses) + ' ' if statuses else ''}notifications")
+    for row in rows:
         when = (
             f"delivered {row.delivered_at:%Y-%m-%d %H:%M:%S}"
             if row.delivered_at
@@ -221,7 +217,7 @@ def redeliver(notification_id: str | None, dead: bool) -> None:
         count = notifications.redeliver(notification_id, dead)
     if notification_id and not count:
         raise click.ClickException(f"no notification {notification_id!r}")
-    click.echo(f"{count} notification{'s' if count != 1 else ''} to be delivered again")
+    click.echo(f"{number(count, 'notification')} to be delivered again")
 
 
 def init_app(app) -> None:

@@ -34,6 +34,8 @@ MONIME_MIN_WEBHOOK_SECRET = 32
 API_KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 API_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII but space and ','
 MIN_API_KEY = 24
+# ADMIN_TOKEN: the operator page's sign-in token (admin/), at least this long; unset, /admin is 404.
+MIN_ADMIN_TOKEN = 24
 
 # scheme://host[:port][/path], nothing else: the shape of every URL setting. The host is DNS
 # labels (an IDN in its xn-- form), an IPv4 address or a bracketed IPv6 one; the path is
@@ -85,6 +87,8 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict:
         "NOTIFY_FIRST_RETRY": get("NOTIFY_FIRST_RETRY", "5"),
         "NOTIFY_TIMEOUT": get("NOTIFY_TIMEOUT", "5"),
         "NOTIFY_RELAY": get("NOTIFY_RELAY", "1"),
+        "ADMIN_TOKEN": get("ADMIN_TOKEN", ""),
+        "SECRET_KEY": get("SECRET_KEY", ""),
     }
 
 
@@ -171,6 +175,9 @@ def check(config: dict, *, relaxed: bool) -> None:
         problems.append(f"MONIME_RETRY_DEADLINE must be at most {MAX_RETRY_DEADLINE:.0f} s: a shopper is waiting")
 
     problems += notify_problems(config)
+    token = config.get("ADMIN_TOKEN") or ""
+    if token and (len(token) < MIN_ADMIN_TOKEN or not re.fullmatch(r"[!-~]+", token)):
+        problems.append(f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} printable characters, no spaces")
     if problems:
         raise ConfigError("Invalid configuration: " + "; ".join(problems))
 

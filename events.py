@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from marshmallow import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 import logs
 import monime
@@ -74,6 +74,28 @@ def replay(event_id: str) -> Receipt | None:
     if body is None:
         return None
     return receive(body, parse(body))
+
+
+def stored(outcomes=(), limit: int | None = None) -> list[WebhookEvent]:
+    """Stored events, oldest first: those with one of `outcomes` (Outcome values; all when
+    empty), at most `limit` (all when None)."""
+    query = select(WebhookEvent).order_by(WebhookEvent.received_at).limit(limit)
+    if outcomes:
+        query = query.where(WebhookEvent.outcome.in_(outcomes))
+    return list(db.session.scalars(query))
+
+
+def about(order_id: str, session_ids: list[str]) -> list[WebhookEvent]:
+    """Every stored event about the order: matched to it, or about one of its sessions
+    (`session_ids`, e.g. from orders.sessions), oldest first."""
+    concerned = or_(WebhookEvent.order_id == order_id, WebhookEvent.session_id.in_(session_ids))
+    return list(db.session.scalars(select(WebhookEvent).where(concerned).order_by(WebhookEvent.received_at)))
+
+
+def variants(event_id: str) -> list[WebhookEventVariant]:
+    """The other bodies delivered under a stored event id (kept, never applied), oldest first."""
+    query = select(WebhookEventVariant).where(WebhookEventVariant.event_id == event_id)
+    return list(db.session.scalars(query.order_by(WebhookEventVariant.received_at)))
 
 
 def receive(body: str, envelope: dict) -> Receipt:

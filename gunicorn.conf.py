@@ -10,9 +10,10 @@ import os
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
 
 from gunicorn.glogging import Logger
+
+import logs
 
 # gthread: each worker serves several requests at once in threads, so a
 # checkout waiting seconds on Monime does not block webhooks or health checks.
@@ -59,6 +60,26 @@ def positive_seconds(name: str, default: str) -> float:
 
 
 client_timeout = positive_seconds("GUNICORN_CLIENT_TIMEOUT", "10")
+
+
+def check_service_settings() -> None:
+    """The service's settings, checked here in the master before gunicorn logs a line or
+    starts a worker: a bad environment stops gunicorn with the one line naming every problem
+    (config.check, as create_app() runs it outside debug and tests, and CATALOG_FILE), exit
+    status 1, instead of every worker failing with a traceback."""
+    import catalog
+    from config import ConfigError, check, from_environment
+
+    settings = from_environment()
+    try:
+        check(settings, relaxed=False)
+        if settings["CATALOG_FILE"]:
+            catalog.load(settings["CATALOG_FILE"])
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+check_service_settings()
 
 
 class BodyDeadline:
@@ -152,8 +173,15 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
-class JsonAccessLogger(Logger):
-    """The access log as JSON objects, escaped properly, with the request id the app echoes."""
+class JsonLogger(Logger):
+    """Every line gunicorn writes as one JSON object: its own (starting, booting a worker, a
+    worker's traceback) with logs.JsonFormatter, as the service's are, on stderr; the access
+    log, escaped properly, with the request id the app echoes, on stdout."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(logs.JsonFormatter())
 
     def access(self, resp, req, environ, request_time):
         if not self.access_log_enabled:
@@ -161,7 +189,7 @@ class JsonAccessLogger(Logger):
         headers = {name.lower(): value for name, value in resp.headers}
         entry = {
             "type": "access",
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "time": logs.timestamp(time.time()),
             "pid": os.getpid(),
             "method": environ.get("REQUEST_METHOD"),
             "path": environ.get("PATH_INFO"),
@@ -174,4 +202,4 @@ class JsonAccessLogger(Logger):
         self.access_log.info(json.dumps(entry))
 
 
-logger_class = JsonAccessLogger
+logger_class = JsonLogger

@@ -8,6 +8,7 @@ Nothing here ever receives a token, a secret or a request body.
 import json
 import logging
 from contextvars import ContextVar
+from datetime import UTC, datetime
 
 _context: ContextVar[dict | None] = ContextVar("log_context", default=None)
 
@@ -32,13 +33,20 @@ def _record_with_context(*args, **kwargs) -> logging.LogRecord:
 _plain_record = logging.getLogRecordFactory()
 
 
+def timestamp(seconds: float) -> str:
+    """Unix `seconds` as ISO 8601 in UTC to the millisecond, ending in `Z`: every log line's `time`."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per log line: time, level, logger, message, the request's context and `data`."""
+    """A record as one JSON object: time, level, logger, message, the request's bound fields,
+    `extra={"data": {...}}`, and a traceback as `exception`. The service's lines and gunicorn's
+    own (gunicorn.conf.py) alike."""
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON (an exception's traceback in `exception`)."""
         entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -285,6 +285,20 @@ def stop_relay(app: Flask, timeout: float = 10) -> None:
         running[2].join(timeout)
 
 
+def listed(statuses=(), limit: int | None = None, order_id: str | None = None, failing=False) -> list[Notification]:
+    """Notifications, oldest first: with one of `statuses` (NotificationStatus values; all when
+    empty), about `order_id` when given, only those whose last attempt failed when `failing`
+    (a pending one so is being retried), at most `limit` (all when None)."""
+    query = select(Notification).order_by(Notification.created_at, Notification.id).limit(limit)
+    if statuses:
+        query = query.where(columns.status.in_(statuses))
+    if failing:
+        query = query.where(columns.last_error.is_not(None))
+    if order_id is not None:
+        query = query.where(columns.order_id == order_id)
+    return list(db.session.scalars(query))
+
+
 def redeliver(notification_id: str | None = None, dead: bool = False) -> int:
     """Make a notification (by id) or every dead one pending again, due now, with a fresh
     NOTIFY_RETRY_FOR window; returns how many. The caller commits."""

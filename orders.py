@@ -302,6 +302,19 @@ def resolve(order_id: str, action: str, note: str, by: str, via: str) -> OrderRe
     return resolution
 
 
+def sessions(order_id: str) -> list[CheckoutSession]:
+    """Every checkout session made for the order, oldest first."""
+    query = select(CheckoutSession).where(CheckoutSession.order_id == order_id)
+    return list(db.session.scalars(query.order_by(CheckoutSession.created_at, CheckoutSession.id)))
+
+
+def held() -> list[Order]:
+    """Every order held for review (`hold`), the longest unchanged first."""
+    return list(
+        db.session.scalars(select(Order).where(columns.review_reason.is_not(None)).order_by(columns.updated_at))
+    )
+
+
 def resolutions(order_id: str) -> list[OrderResolution]:
     """Every resolution of the order, oldest first."""
     query = select(OrderResolution).where(OrderResolution.order_id == order_id)

@@ -14,6 +14,8 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, pre
 from models import ORDER_ID_PATTERN, Outcome, Status
 
 CURRENCIES = ("SLE", "USD")
+# Decimal places of each currency's minor unit (ISO 4217): 2500 SLE minor units are SLE 25.00.
+MINOR_UNIT_PLACES = {"SLE": 2, "USD": 2}
 # Monime sets no ceiling on a unit price; this one keeps 16 items x 100,000
 # units inside a signed 64-bit total (BIGINT) with room to spare.
 MAX_UNIT_PRICE = 10**12
@@ -210,12 +212,26 @@ class CatalogCheckoutRequestSchema(CheckoutRequestSchema):
 
 
 class UtcDateTime(fields.DateTime):
-    """SQLite hands datetimes back without a zone; they were stored as UTC."""
+    """A moment as ISO 8601 in UTC ending in `Z` (`2026-11-30T05:14:43.123456Z`), as Monime's
+    own timestamps and the README show. SQLite hands datetimes back without a zone; they were
+    stored as UTC."""
 
     def _serialize(self, value, attr, obj, **kwargs):
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return super()._serialize(value, attr, obj, **kwargs)
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def money(currency: str, minor_units: int) -> str:
+    """An amount for people, in major units with its currency: ("SLE", 2500) -> "SLE 25.00";
+    a currency of unknown places keeps its minor units ("XYZ 2500 (minor units)")."""
+    places = MINOR_UNIT_PLACES.get(currency)
+    if places is None:
+        return f"{currency} {minor_units} (minor units)"
+    whole, part = divmod(abs(minor_units), 10**places)
+    return f"{currency} {'-' if minor_units < 0 else ''}{whole}.{part:0{places}d}"
 
 
 class MoneySchema(Schema):

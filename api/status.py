@@ -3,7 +3,7 @@
 Every view here only reads: those that touch the database begin with
 models.read_only(), so on SQLite they answer while a writer holds the lock."""
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, abort, current_app, render_template, send_from_directory
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -64,8 +64,16 @@ def openapi_document():
 
 @bp.get("/docs")
 def openapi_page():
-    """GET /docs: the OpenAPI document, rendered."""
+    """The OpenAPI document, readable: Swagger UI renders /openapi.json (apidoc.py)."""
     return render_template("docs.html", spec=document())
+
+
+@bp.get("/docs/<name>")
+def openapi_page_asset(name: str):
+    """The /docs page's script and styles (apidoc.DOCS_ASSETS); 404 for any other name."""
+    if name not in apidoc.DOCS_ASSETS:
+        abort(404)
+    return send_from_directory(apidoc.DOCS_ASSETS[name], name, max_age=3600)
 
 
 def document() -> dict:

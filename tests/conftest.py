@@ -39,6 +39,9 @@ from support import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+# The .flaskenv that `make dev` writes (and a developer's .env) hold a running setup's settings:
+# no test, nor a flask or simulator command a test starts, reads them unless it asks to.
+os.environ["FLASK_SKIP_DOTENV"] = "1"
 SKIPPED_POSTGRES: list[str] = []
 SKIPPED_THROWAWAY_POSTGRES: list[str] = []
 

@@ -355,5 +355,5 @@ def test_reconcile_leaves_held_orders_to_a_person_until_resolved(client, runner,
     assert simulator.requests("GET") == []
     assert resolve(client, body["orderId"], action="dismiss").status_code == 200
     applied = runner.invoke(args=["orders", "reconcile", "--older-than", "0s"])
-    assert applied.output == "reconciled 1 orders: applied 1\n"
+    assert applied.output == "reconciled 1 order: applied 1\n"
     assert order(client, body["orderId"])["status"] == "completed"

@@ -1,11 +1,17 @@
 """Start-up configuration: the service refuses to run misconfigured, naming what is wrong."""
 
 import logging
+import os
+import re
+import subprocess
+import sys
 
 import pytest
+from dotenv import dotenv_values
 
 from app import create_app
 from config import ConfigError, check, from_environment, normalise_database_url
+from conftest import ROOT
 from models import db
 
 VALID = {
@@ -300,3 +306,64 @@ def test_the_order_feed_delay_is_a_positive_number_of_seconds():
     config = from_environment(VALID)
     check(config, relaxed=False)
     assert config["ORDER_FEED_DELAY"] == 5.0
+
+
+# The environment a service started by a shell would have: none of the service's settings.
+BARE = {"PATH": os.environ["PATH"], "FLASK_SKIP_DOTENV": "1", "LANG": "C.UTF-8"}
+BAD = {"PROXY_HOPS": "two", "MONIME_READ_TIMEOUT": "soon"}
+EVERY_PROBLEM = [
+    "MONIME_WEBHOOK_SECRET is required",
+    "APP_URL is required",
+    "MONIME_ACCESS_TOKEN is required",
+    "DATABASE_URL is required outside development and tests",
+    "PROXY_HOPS must be the number of proxies",
+    "MONIME_READ_TIMEOUT must be a positive number of seconds",
+]
+COMMANDS = {
+    "gunicorn": [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+    "flask orders show": [sys.executable, "-m", "flask", "--app", "app", "orders", "show", "ord_1001"],
+    "flask db upgrade": [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_bad_environment_is_one_line_naming_every_problem_under_gunicorn_and_flask(command):
+    run = subprocess.run(COMMANDS[command], cwd=ROOT, env=BARE | BAD, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stdout == ""
+    assert len(run.stderr.splitlines()) == 1, run.stderr
+    assert run.stderr.startswith(("Invalid configuration: ", "Error: Invalid configuration: "))
+    for problem in EVERY_PROBLEM:
+        assert problem in run.stderr
+
+
+def test_an_unreadable_catalog_stops_gunicorn_with_one_line(tmp_path):
+    settings = VALID | {"DATABASE_URL": f"sqlite:///{tmp_path}/shop.sqlite3", "CATALOG_FILE": str(tmp_path / "no")}
+    run = subprocess.run(
+        COMMANDS["gunicorn"], cwd=ROOT, env=BARE | settings, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1 and run.stdout == ""
+    assert len(run.stderr.splitlines()) == 1, run.stderr
+    assert run.stderr.startswith(f"CATALOG_FILE {str(tmp_path / 'no')!r} cannot be read: ")
+
+
+def test_env_example_uncommented_is_read_alike_by_make_dev_and_flask_and_is_valid(tmp_path):
+    """Every `# NAME=value` line of .env.example uncommented: scripts/dev sources it with the
+    shell, the flask command reads it with python-dotenv; both see the same settings, and
+    they pass the service's check outside development."""
+    example = (ROOT / ".env.example").read_text()
+    uncommented = re.sub(r"^# ([A-Z_]+=)", r"\1", example, flags=re.MULTILINE)
+    assert uncommented.count("\n# ") >= 1 and "MONIME_WEBHOOK_SECRET=" in uncommented
+    env_file = tmp_path / ".env"
+    env_file.write_text(uncommented)
+    names = re.findall(r"^([A-Z_]+)=", uncommented, flags=re.MULTILINE)
+
+    shell = subprocess.run(
+        ["bash", "-c", 'set -euo pipefail; set -a; . "$1"; set +a; env -0', "-", str(env_file)],
+        env=BARE, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    sourced = dict(line.split("=", 1) for line in shell.stdout.split("\0") if line)
+    read = dotenv_values(env_file)
+
+    assert shell.stderr == ""
+    assert {name: sourced[name] for name in names} == {name: read[name] for name in names}
+    check(from_environment(read), relaxed=False)

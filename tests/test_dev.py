@@ -29,6 +29,7 @@ NOT_INHERITED = (
     "DATABASE_URL",
     "DEV_SIGNALS",
     "NOTIFY_",
+    "ADMIN_TOKEN",
 )
 
 
@@ -92,6 +93,8 @@ def dev(request, tmp_path):
     env |= {name: str(port) for name, port in ports.items()} | {"DATABASE_URL": f"sqlite:///{tmp_path}/dev.sqlite3"}
     log = tmp_path / "dev.log"
     launcher = IGNORING_SIGINT if getattr(request, "param", None) == "sigint ignored" else []
+    flaskenv = ROOT / ".flaskenv"  # scripts/dev writes it; a developer's own make dev's is put back after
+    kept = flaskenv.read_bytes() if flaskenv.exists() else None
     started = time.monotonic()
     with log.open("w") as output:
         process = subprocess.Popen(
@@ -108,6 +111,10 @@ def dev(request, tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        if kept is None:
+            flaskenv.unlink(missing_ok=True)
+        else:
+            flaskenv.write_bytes(kept)
 
 
 def test_make_dev_serves_all_four_takes_a_payment_and_stops_them_on_ctrl_c(dev):
@@ -134,6 +141,21 @@ def test_make_dev_serves_all_four_takes_a_payment_and_stops_them_on_ctrl_c(dev):
         15,
         lambda: f"the receiver to print the notification:\n{dev.log.read_text()[-3000:]}",
     )
+    printed = re.search(
+        rf"Operator page +{re.escape(dev.service)}/admin/ +\(sign in with ADMIN_TOKEN: (\S+)\)", dev.log.read_text()
+    )
+    assert printed, dev.log.read_text()[-3000:]
+    operator = requests.Session()
+    form = operator.get(f"{dev.service}/admin/sign-in", timeout=10).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form)[1]
+    signed_in = operator.post(
+        f"{dev.service}/admin/sign-in",
+        data={"token": printed[1], "csrf_token": csrf},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert signed_in.status_code == 303
+    assert "ord_dev" in operator.get(f"{dev.service}/admin/orders", timeout=10).text
 
     dev.ctrl_c()
 
@@ -167,4 +189,65 @@ def test_from_make_dev_to_an_order_paid_in_the_browser_within_a_minute(dev, caps
 
     with capsys.disabled():
         print(f"\n  from starting scripts/dev to an order paid in the browser: {took:.1f} s")
+    dev.ctrl_c()
+
+
+def readme_commands() -> list[str]:
+    """Every `flask --app app …` and `python -m simulator …` line of the README's sh blocks, as printed."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", (ROOT / "README.md").read_text(), flags=re.MULTILINE | re.DOTALL)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith(("flask --app app ", "python -m simulator "))]
+
+
+def test_every_operations_and_simulator_command_the_readme_prints_works_from_a_second_terminal(dev):
+    """As a newcomer runs them during make dev: another shell in the checkout, the virtualenv active
+    (PATH, as `. .venv/bin/activate` sets it), none of make dev's settings exported. The README's
+    placeholders (ord_1001, scs-…, evt-…, msg_…, the signature header) become real ones."""
+    dev.wait_until_ready()
+    paid = requests.post(f"{dev.service}/api/checkout", json=order_payload("ord_dev_paid"), timeout=10).json()
+    requests.post(f"{paid['redirectUrl']}/pay", allow_redirects=False, timeout=10)
+    pending = requests.post(f"{dev.service}/api/checkout", json=order_payload("ord_dev_pending"), timeout=10).json()
+    deliveries = requests.get(f"{dev.simulator}/_sim/deliveries", timeout=10).json()["deliveries"]
+    [event] = [delivery for delivery in deliveries if delivery["attempt"] == 1]
+    wait_for(lambda: "order.completed ord_dev_paid" in dev.log.read_text(), 15, "the paid order's notification")
+    shell = {key: value for key, value in os.environ.items() if not key.startswith(NOT_INHERITED)}
+    shell.pop("FLASK_SKIP_DOTENV")
+    shell |= {"PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(ROOT / ".venv")}
+    notification = subprocess.run(
+        ["flask", "--app", "app", "notifications", "list"], cwd=ROOT, env=shell, capture_output=True, text=True
+    ).stdout.split()[0]
+    header = None
+    commands = readme_commands()
+    assert len(commands) >= 15 and any(c.startswith("python -m simulator verify") for c in commands)
+
+    for printed in commands:
+        command = (
+            printed.replace("ord_1001", "ord_dev_paid")
+            .replace("scs-…", pending["sessionId"])
+            .replace("evt-…", event["eventId"])
+            .replace("msg_…", notification)
+            .replace("t=1764115200,v1=…", header or "")
+        )
+        run = subprocess.run(["bash", "-c", command], cwd=ROOT, env=shell, capture_output=True, text=True, timeout=60)
+
+        said = f"{printed}\n{run.stdout}{run.stderr}"
+        assert "Traceback" not in said and "Error:" not in run.stdout, said
+        if " orders resolve " in printed:  # the paid order was never held: said in one line
+            assert (run.returncode, run.stderr) == (1, "Error: order 'ord_dev_paid' is not held for review\n"), said
+            continue
+        assert run.returncode == 0, said
+        assert (run.stdout + run.stderr).strip(), said  # every command says something, also when there is nothing
+        if " sign " in printed:
+            header = run.stdout.splitlines()[0].removeprefix("Monime-Signature: ")
+        if " verify " in printed:
+            assert run.stdout.startswith("OK"), said
+
+    shown = subprocess.run(
+        ["bash", "-c", "flask --app app orders show ord_dev_pending"],
+        cwd=ROOT,
+        env=shell,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert shown.startswith("order ord_dev_pending [completed] SLE 51.50 "), shown  # completed by `trigger --session`
     dev.ctrl_c()

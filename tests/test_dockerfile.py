@@ -19,6 +19,19 @@ def test_the_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_every_package_of_the_service_is_copied_into_the_image():
+    """The image copies packages by name: one the service imports (a top-level folder with an
+    __init__.py, imported by a top-level module) and not copied would fail only in the image."""
+    copied = {line.split()[1].rstrip("/") for line in (ROOT / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ")}  # fmt: skip
+    source = "\n".join(path.read_text() for path in ROOT.glob("*.py"))
+    imported = {
+        folder.name for folder in ROOT.iterdir()
+        if (folder / "__init__.py").exists() and f"import {folder.name}" in source
+    }  # fmt: skip
+    assert {"api", "admin"} <= imported and imported - {"simulator", "storefront"} <= copied
+
+
 def container_command() -> str:
     """The shell line of the Dockerfile's CMD ["sh", "-c", "<line>"]."""
     cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))

@@ -2,6 +2,7 @@
 `verify` a captured request and say exactly why it fails, `trigger` an event at any URL."""
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 from werkzeug.wrappers import Request, Response
 
 import signatures
-from conftest import ROOT
+from conftest import ROOT, free_port
 from simulator.cli import main
 from support import WEBHOOK_PATH, WEBHOOK_SECRET, checkout, order, serving, signed_event
 
@@ -25,10 +26,13 @@ def run(capsys, *argv: str) -> tuple[int, str]:
     return status, capsys.readouterr().out
 
 
-def python_m_simulator(*argv: str) -> subprocess.CompletedProcess:
+def python_m_simulator(*argv: str, cwd=ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "simulator", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "simulator", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
+
+
+SAMPLE = ROOT / "simulator/samples/checkout_session.completed.json"
 
 
 # --- sign ---------------------------------------------------------------------------------------
@@ -322,3 +326,63 @@ def test_python_m_simulator_lists_its_commands():
     assert done.returncode == 0
     for command in ("serve", "trigger", "sign", "verify"):
         assert command in done.stdout
+
+
+def test_trigger_of_a_new_session_says_it_matches_no_order_and_how_to_pick_one(simulator, endpoint, capsys):
+    status = main(["trigger", "completed", "--simulator", simulator.url, "--url", endpoint[0]])
+
+    assert status == 0
+    [note] = capsys.readouterr().err.splitlines()
+    assert note.startswith("note: scs-") and "matches no order" in note
+    assert "--session with its checkoutSessionId" in note and f"{simulator.url}/_sim/" in note
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"SIMULATOR_PORT": "{port}"},
+        {"MONIME_API_BASE_URL": "http://127.0.0.1:{port}"},
+        {"SIMULATOR_URL": "http://127.0.0.1:{port}", "SIMULATOR_PORT": "1"},
+    ],
+)
+def test_trigger_follows_the_running_setup_and_a_simulator_not_there_is_one_line_naming_it(setting):
+    port = free_port()  # nothing listens there
+    env = {"PATH": os.environ["PATH"]} | {name: value.format(port=port) for name, value in setting.items()}
+
+    done = python_m_simulator("trigger", "completed", env=env)
+
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [
+        f"error: cannot reach the simulator at http://127.0.0.1:{port}/v1/checkout-sessions: nothing answers "
+        "there. Is it running (make dev)? --simulator, SIMULATOR_URL or SIMULATOR_PORT say where it is"
+    ]
+
+
+def test_trigger_reads_the_settings_make_dev_writes_to_flaskenv(tmp_path, simulator, endpoint):
+    (tmp_path / ".flaskenv").write_text(f"SIMULATOR_PORT='{simulator.url.rsplit(':', 1)[1]}'\n")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+
+    done = python_m_simulator("trigger", "cancelled", "--url", endpoint[0], cwd=tmp_path, env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert [session["status"] for session in simulator.sessions()] == ["cancelled"]
+
+
+@pytest.mark.parametrize("command", [["verify", "--header", "t=1,v1=x", "--body"], ["sign"]])
+def test_a_body_file_that_cannot_be_read_is_one_line(tmp_path, command):
+    done = python_m_simulator(*command, str(tmp_path / "missing.json"))
+
+    assert (done.returncode, done.stdout) == (1, "")
+    assert (
+        done.stderr
+        == f"error: cannot read the body file {str(tmp_path / 'missing.json')!r}: No such file or directory\n"
+    )
+
+
+def test_the_sample_event_signs_and_verifies_as_the_readme_shows(capsys):
+    status, out = run(capsys, "sign", str(SAMPLE), "--secret", WEBHOOK_SECRET)
+    header = out.splitlines()[0].removeprefix("Monime-Signature: ")
+
+    assert status == 0
+    assert run(capsys, "verify", "--header", header, "--body", str(SAMPLE), "--secret", WEBHOOK_SECRET)[0] == 0
+    assert json.loads(SAMPLE.read_text())["event"]["name"] == "checkout_session.completed"

@@ -165,6 +165,7 @@ def test_each_change_is_notified_once_signed_with_every_secret_and_showing_the_o
     assert sorted(d["id"] for d in delivered) == sorted(row.id for row in rows)  # one id each, the row's
     for delivery in delivered:
         assert delivery["id"] == delivery["body"]["id"] and delivery["id"].startswith("msg_")
+        assert delivery["body"]["createdAt"].endswith("Z"), "UTC, as the README shows"
         assert delivery["body"]["order"] == order(api, delivery["body"]["order"]["orderId"])  # as GET shows it
     held_notification = next(d["body"] for d in delivered if d["body"]["type"] == "order.held")
     assert held_notification["order"]["review"]["eventId"] == mismatch["id"]
@@ -210,7 +211,7 @@ def test_a_change_undone_is_never_notified(notifying, simulator, receiver):
 
     result = service.test_cli_runner().invoke(args=["orders", "reconcile", "--older-than", "0s", "--dry-run"])
 
-    assert "would reconcile 1 orders: applied 1" in result.output, result.output
+    assert "would reconcile 1 order: applied 1" in result.output, result.output
     assert order(api, body["orderId"])["status"] == "pending"
     assert stored(service) == []
     service.test_cli_runner().invoke(args=["orders", "reconcile", "--older-than", "0s"])
@@ -248,7 +249,7 @@ def test_after_notify_retry_for_a_notification_is_dead_until_redelivered(notifyi
     (dead,) = stored(service)
     assert dead.attempts >= 2 and dead.last_error == "answered HTTP 500"
     assert dead.id in cli.invoke(args=["notifications", "list", "--status", "dead"]).output
-    assert cli.invoke(args=["notifications", "list", "--status", "pending"]).output == ""
+    assert cli.invoke(args=["notifications", "list", "--status", "pending"]).output == "no pending notifications\n"
     dead_ones = metric(scrape(api), "notification_deliveries_total", result="dead")
     assert dead_ones - metric(before, "notification_deliveries_total", result="dead") == 1
 

@@ -3,6 +3,7 @@
 import json
 import logging
 import re
+from datetime import datetime, timedelta
 
 import pytest
 import requests
@@ -77,6 +78,26 @@ def test_the_access_log_has_one_json_line_per_request_with_its_request_id(live_s
     assert [line["requestId"] for line in lines][-3:] == ["req-access-0", "req-access-1", "req-access-2"]
     assert {line["status"] for line in lines} == {404}
     assert all(line["method"] == "GET" and line["duration_ms"] >= 0 for line in lines)
+
+
+def test_every_line_gunicorn_and_the_service_write_is_json_with_a_utc_time(live_server):
+    """gunicorn's own lines (starting, booting workers) too, not only the access log and the app's."""
+    requests.post(f"{live_server.url}{WEBHOOK_PATH}", data="{}", headers={"Content-Type": "application/json"})
+    live_server.access_log(lambda line: line["path"] == WEBHOOK_PATH, at_least=1)
+
+    lines = [json.loads(text) for text in live_server.log.read_text().splitlines()]
+
+    assert {line.get("logger") for line in lines} >= {"gunicorn.error", "api.webhooks"}
+    assert any(line.get("message", "").startswith("Booting worker") for line in lines)
+    for line in lines:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line
+
+
+def test_timestamps_the_api_shows_are_utc_ending_in_z(api, simulator):
+    body = checkout(api)
+    shown = api.get(f"/api/orders/{body['orderId']}").get_json()
+    for name in ("createdAt", "updatedAt"):
+        assert shown[name].endswith("Z") and datetime.fromisoformat(shown[name]).utcoffset() == timedelta(0)
 
 
 def test_no_log_line_of_the_running_service_holds_a_token_or_secret(live_server, simulator):

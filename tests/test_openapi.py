@@ -1,11 +1,21 @@
 """The service's OpenAPI document, and schemathesis fuzzing the live service against it."""
 
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import flask_swagger_ui
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 import apidoc
+from browser import chromium
+from conftest import ROOT
+from schemas import CatalogCheckoutRequestSchema, CheckoutRequestSchema, ResolveRequestSchema, WebhookEventSchema
+from support import serving
 
 OPERATIONS = {
     ("post", "/api/checkout"),
@@ -49,12 +59,80 @@ def test_the_document_describes_every_endpoint_its_errors_and_headers(client):
     assert line_item["quantity"] == {"type": "integer", "default": 1, "minimum": 1, "maximum": 100000}
 
 
-def test_the_docs_page_shows_every_operation(client):
+def test_the_docs_page_is_swagger_ui_served_from_the_package_over_the_document(client):
     page = client.get("/docs")
     assert page.status_code == 200 and page.mimetype == "text/html"
     text = page.get_data(as_text=True)
-    for method, path in OPERATIONS:
-        assert f"{method.upper()}</span> {path}" in text
+    scripts = re.findall(r'<script src="([^"]+)"></script>', text)
+    assert scripts == ["docs/swagger-ui-bundle.js", "docs/docs.js"] and "<script>" not in text  # nothing inline
+    assert 'data-url="openapi.json"' in text and "http" not in text.split("<body>")[1]  # no CDN
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "docs.js", "docs.css"):
+        asset = client.get(f"/docs/{name}")
+        assert asset.status_code == 200 and asset.mimetype in ("text/javascript", "text/css"), name
+    bundle = client.get("/docs/swagger-ui-bundle.js").get_data()
+    assert bundle == (Path(flask_swagger_ui.__file__).parent / "dist/swagger-ui-bundle.js").read_bytes()
+    assert client.get("/docs/app.py").status_code == 404 and client.get("/docs/..%2fapp.py").status_code == 404
+
+
+def test_the_docs_page_renders_every_operation_and_its_examples_in_a_browser(app):
+    """In Chromium under the page's own Content-Security-Policy: nothing refused, every
+    operation listed, an operation opened shows its description as Markdown and its examples."""
+    refused = []
+    with serving(app) as url, chromium() as browser:
+        page = browser.new_page()
+        page.on("console", lambda message: message.type == "error" and refused.append(message.text))
+        page.on("response", lambda response: response.status >= 400 and refused.append(response.url))
+        page.goto(f"{url}/docs")
+        page.locator(".opblock").first.wait_for()
+        shown = {
+            (block.locator(".opblock-summary-method").inner_text().lower(), block.get_attribute("id"))
+            for block in page.locator(".opblock").all()
+        }
+        assert len(shown) == len(OPERATIONS)
+        page.locator("#operations-default-post_api_checkout .opblock-summary").click()
+        checkout = page.locator("#operations-default-post_api_checkout")
+        checkout.locator(".opblock-description-wrapper strong").first.wait_for()  # **before**, as Markdown
+        assert '"orderId": "ord_1001"' in checkout.inner_text()  # the request example
+        assert '"redirectUrl"' in checkout.inner_text()  # the 201's example
+        version = page.locator(".info .version").first.inner_text().strip()
+    assert version == apidoc.VERSION
+    assert refused == []
+
+
+def test_the_document_has_the_projects_version():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert DOCUMENT["info"]["version"] == project["version"]
+
+
+@pytest.mark.parametrize("catalog_mode", [False, True])
+def test_every_request_example_is_a_valid_request_and_every_answer_example_has_its_schemas_fields(catalog_mode):
+    document = apidoc.build(catalog_mode)
+    catalog = {"starter-bundle": {"name": "Starter bundle", "price": 2500, "currency": "SLE", "description": None}}
+    loaders = {
+        "CheckoutRequest": CatalogCheckoutRequestSchema(catalog) if catalog_mode else CheckoutRequestSchema(),
+        "ResolveRequest": ResolveRequestSchema(),
+        "WebhookEvent": WebhookEventSchema(),
+    }
+    examples = 0
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            media = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+            if "example" in media:
+                loaders[media["schema"]["$ref"].rsplit("/", 1)[1]].load(media["example"])
+                examples += 1
+            for status, response in operation["responses"].items():
+                media = response.get("content", {}).get("application/json", {})
+                if "example" in media:
+                    schema = document["components"]["schemas"][media["schema"]["$ref"].rsplit("/", 1)[1]]
+                    assert set(schema["required"]) <= set(media["example"]) <= set(schema["properties"]), (path, status)
+                    examples += 1
+    assert examples >= 10
+    sample = json.loads((ROOT / "simulator/samples/checkout_session.completed.json").read_text())
+    webhook = apidoc.WEBHOOK_EXAMPLE
+    assert {key: sample[key] for key in ("apiVersion", "event", "object")} == {
+        k: webhook[k] for k in sample if k != "data"
+    }
+    assert all(sample["data"][key] == value for key, value in webhook["data"].items() if key != "lineItems")
 
 
 # The same document the service serves (test_served_document_is_the_one_fuzzed checks it).

@@ -157,7 +157,7 @@ def test_replaying_failed_events_processes_them_through_the_webhook_path(client,
     assert result.exit_code == 0, result.output
     assert result.output == f"event {event['id']}: applied\n"
     assert order(client, order_id)["status"] == "completed"
-    assert runner.invoke(args=["events", "list", "--outcome", "failed"]).output == ""
+    assert runner.invoke(args=["events", "list", "--outcome", "failed"]).output == "no failed events stored\n"
 
 
 def test_replaying_a_processed_event_changes_nothing(client, runner, simulator):
@@ -212,7 +212,7 @@ def test_orders_show_tells_an_orders_whole_story(client, runner, simulator):
 
     output = runner.invoke(args=["orders", "show", "ord_story"]).output
 
-    assert output.startswith("order ord_story [completed] SLE 5150 'Order #1001'\n")
+    assert output.startswith("order ord_story [completed] SLE 51.50 'Order #1001'\n")
     assert f"\n  Monime order number {completion['session']['orderNumber']}\n" in output
     assert f"session {body['sessionId']} (current)" in output
     assert f"event {event['id']} checkout_session.completed [applied] order ord_story" in output
