@@ -60,10 +60,11 @@ class Receipt:
 EVENT_SCHEMA = WebhookEventSchema()  # built once: a fresh schema costs ~5x the load itself (nested schemas)
 
 
-def parse(text: str) -> dict:
-    """The event envelope in a verified body; ValueError (not JSON, or JSON too deep or with
-    numbers too large: schemas.load_json) or marshmallow's ValidationError (not a Monime event) otherwise."""
-    return EVENT_SCHEMA.load(load_json(text))
+def parse(payload: object) -> dict:
+    """The event envelope in a verified, parsed body (what signatures.verify returns, or
+    schemas.load_json of a stored body); marshmallow's ValidationError when it is not a Monime
+    event (WebhookEventSchema)."""
+    return EVENT_SCHEMA.load(payload)
 
 
 def replay(event_id: str) -> Receipt | None:
@@ -73,7 +74,7 @@ def replay(event_id: str) -> Receipt | None:
         body = db.session.scalar(select(WebhookEvent.body).where(WebhookEvent.id == event_id))
     if body is None:
         return None
-    return receive(body, parse(body))
+    return receive(body, parse(load_json(body)))  # verified when it was received
 
 
 def stored(outcomes=(), limit: int | None = None) -> list[WebhookEvent]:

@@ -11,6 +11,7 @@ import signatures
 from api.errors import ApiError
 from metrics import WEBHOOK_EVENTS, WEBHOOK_SIGNATURES
 from models import Outcome
+from schemas import load_json
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -24,25 +25,26 @@ def monime_webhook():
     Retry-After when a completion cannot be confirmed with Monime, so Monime delivers again."""
     body = request.get_data()  # the raw bytes are what was signed; over 1 MiB is refused with 413
     try:
-        signatures.verify(
+        payload = signatures.verify(
             body,
             request.headers.get(signatures.HEADER),
             current_app.config["MONIME_WEBHOOK_SECRETS"],
             tolerance=current_app.config["MONIME_WEBHOOK_TOLERANCE"],
+            load=load_json,  # strict UTF-8 JSON within the depth and number limits
         )
     except signatures.SignatureError as exc:
         WEBHOOK_SIGNATURES.labels("rejected").inc()
         log.warning("webhook signature refused", extra={"data": {"reason": str(exc)}})
         raise ApiError(401, "invalid_signature", f"Signature verification failed: {exc}.") from None
+    except ValueError as exc:  # signed, but not UTF-8, not JSON, or JSON too deep or with too large numbers
+        WEBHOOK_SIGNATURES.labels("verified").inc()
+        raise ApiError(400, "malformed_event", f"The body is not a Monime event: {exc}.", fields={}) from None
     WEBHOOK_SIGNATURES.labels("verified").inc()
-
     try:
-        text = body.decode()  # strict UTF-8, as Monime sends; anything else is not an event
-        envelope = events.parse(text)
+        envelope = events.parse(payload)
     except ValidationError as exc:
         raise ApiError(400, "malformed_event", "The body is not a Monime event.", fields=exc.messages) from None
-    except ValueError as exc:  # not UTF-8, not JSON, or JSON too deep or with too large numbers
-        raise ApiError(400, "malformed_event", f"The body is not a Monime event: {exc}.", fields={}) from None
+    text = body.decode()  # valid UTF-8: load_json decoded it; stored as received
 
     logs.bind(eventId=envelope["event"]["id"])
     try:
