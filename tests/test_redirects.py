@@ -287,6 +287,6 @@ def test_reconcile_is_not_rationed_by_the_redirects(client, runner, simulator):
 
     result = runner.invoke(args=["orders", "reconcile", "--older-than", "0s"])
 
-    assert result.output == "reconciled 1 orders: applied 1\n"
+    assert result.output == "reconciled 1 order: applied 1\n"
     assert lookups(simulator, body["sessionId"]) == 2
     assert order(client, body["orderId"])["status"] == "completed"
