@@ -22,7 +22,7 @@ from monime import (
     session_amount,
 )
 from support import SESSION_REQUEST as BODY
-from support import serving
+from support import serving, wait_for
 
 MARGIN = 0.5  # seconds allowed beyond a deadline: scheduling, not performance
 
@@ -368,7 +368,7 @@ def test_a_deadline_cuts_only_its_own_call_while_another_thread_shares_the_clien
     outcomes = {}
     lookup = threading.Thread(target=lambda: outcomes.update(lookup=timed(lambda: client.get_session(created["id"]))))
     lookup.start()
-    wait_for(lambda: len(simulator.requests("GET")) == 1, "the lookup reached the simulator")
+    wait_for(lambda: len(simulator.requests("GET")) == 1, 10, "the lookup reached the simulator")
 
     outcomes["create"] = timed(lambda: client.create_session(BODY | {"name": "Another"}, "key-shared-2"))
     lookup.join(timeout=10)
@@ -392,13 +392,6 @@ def test_a_finished_calls_deadline_never_cuts_the_next_call(simulator):
     assert session == created
     assert took >= 0.6
     assert len(simulator.requests("POST")) == 2
-
-
-def wait_for(condition, what: str, deadline: float = 10) -> None:
-    give_up = time.monotonic() + deadline
-    while not condition():
-        assert time.monotonic() < give_up, f"waited {deadline} s for: {what}"
-        time.sleep(0.01)  # polling a condition, bounded by the deadline
 
 
 # --- Retry-After: waiting what Monime asks, within the deadline ------------------------------
@@ -472,7 +465,7 @@ def creating_in_the_background(client: MonimeClient, body: dict, key: str, simul
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(first=timed(lambda: client.create_session(body, key))))
     thread.start()
-    wait_for(lambda: len(simulator.requests("POST")) == 1, "the first create reached the simulator")
+    wait_for(lambda: len(simulator.requests("POST")) == 1, 10, "the first create reached the simulator")
     return thread, outcome
 
 

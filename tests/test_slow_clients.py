@@ -21,7 +21,7 @@ import requests
 
 from config import MAX_BODY_BYTES
 from conftest import ROOT, free_port, gunicorn
-from support import WEBHOOK_PATH, chunked, exchange
+from support import WEBHOOK_PATH, chunked, exchange, wait_for
 
 BODY_BYTES = 1000  # what each slow client announces; at its pace it would take minutes to send
 
@@ -192,11 +192,12 @@ def nginx(upstream_url: str, directory: Path):
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        give_up = time.monotonic() + 15
-        while not answers(url):
+
+        def ready() -> bool:
             assert process.poll() is None, f"nginx exited with {process.returncode}:\n{log.read_text()}"
-            assert time.monotonic() < give_up, f"nginx did not answer within 15 s:\n{log.read_text()}"
-            time.sleep(0.05)  # polling for readiness, bounded by the deadline
+            return answers(url)
+
+        wait_for(ready, 15, lambda: f"nginx to answer:\n{log.read_text()}", interval=0.05)
         yield url
     finally:
         process.terminate()
