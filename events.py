@@ -301,7 +301,7 @@ def _orders_concerned(stored, report: SessionReport | None) -> list[Order]:
     report about the same event id point at, each once."""
     found = [db.session.get(Order, stored.order_id) if stored.order_id else None]
     if stored.session_id:
-        found.append(orders.find(SessionReport(stored.session_id, "", None))[0])
+        found.append(orders.by_session(stored.session_id))
     if report and report.session_id:
         found.append(orders.find(report)[0])
     return list({order.id: order for order in found if order is not None}.values())

@@ -152,12 +152,16 @@ def record_session(order: Order, session_id: str, redirect_url: str | None) -> b
     )
 
 
+def by_session(session_id: str) -> Order | None:
+    """The order that Monime checkout session `session_id` (its current or an earlier one) was made for."""
+    return db.session.scalars(select(Order).join(CheckoutSession).where(CheckoutSession.id == session_id)).first()
+
+
 def find(report: SessionReport) -> tuple[Order | None, bool]:
     """The order a session belongs to, and whether it was found by reference:
     by session id (current or earlier session) first, else by the reference
     Monime echoes back, but only for an order that has no session of its own."""
-    by_session = select(Order).join(CheckoutSession).where(CheckoutSession.id == report.session_id)
-    order = db.session.scalars(by_session).first()
+    order = by_session(report.session_id)
     if order is not None or not report.reference:
         return order, False
     order = lookup(report.reference)
