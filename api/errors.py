@@ -2,7 +2,7 @@
 
 import logging
 
-from flask import jsonify
+from flask import g, jsonify
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -22,10 +22,13 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None, **details):
-    """A JSON error answer: {"error": {code, message, **details}} with `status` and `headers`."""
+    """A JSON error answer: {"error": {code, message, **details}} with `status` and `headers`.
+    A Retry-After among them is the answer's own, kept as given (api.guard.keep_own_retry_after)."""
     response = jsonify({"error": {"code": code, "message": message, **details}})
     response.status_code = status
     response.headers.update(headers or {})
+    if "Retry-After" in response.headers:
+        g.retry_after = response.headers["Retry-After"]
     return response
 
 

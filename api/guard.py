@@ -57,6 +57,18 @@ def within_redirect_lookup_limit() -> bool:
         return True
 
 
+def keep_own_retry_after(response):
+    """Put back the Retry-After an error answer chose (api.errors.error_response records it in
+    g.retry_after). With RATELIMIT_HEADERS_ENABLED, Flask-Limiter (4.1, its __inject_headers)
+    sets Retry-After on every answer of a rate-limited route to when the client's window ends:
+    a checkout's 503 monime_busy (1 s) would tell the frontend to wait up to a minute. Runs
+    after the limiter's hook, as it is registered before it."""
+    own = g.get("retry_after")
+    if own is not None:
+        response.headers["Retry-After"] = own
+    return response
+
+
 class Request(FlaskRequest):
     """Flask's request, whose body is all of what the client sent or a 413.
 
@@ -88,6 +100,7 @@ class Request(FlaskRequest):
 def init_app(app: Flask) -> None:
     """Request ids (X-Request-ID), rate limits, body limits and security headers for every request."""
     app.request_class = Request
+    app.after_request(keep_own_retry_after)  # before the limiter's: Flask runs them last first
     limiter.init_app(app)
 
     @app.before_request

@@ -54,6 +54,16 @@ def test_webhooks_and_reads_are_not_limited(database_url, simulator):
         assert deliver(client, signed('{"event":{"id":"e1","name":"x"}}')).status_code == 200
 
 
+def test_an_error_on_a_rate_limited_route_keeps_its_own_retry_after(database_down):
+    """Flask-Limiter sets Retry-After on every answer of a limited route to the end of the
+    client's window (here a minute); a 503 that asks for 5 s must say 5 s."""
+    refused = database_down.post("/api/checkout", json=order_payload())
+
+    assert refused.status_code == 503
+    assert refused.headers["X-RateLimit-Limit"] == "100000", "the limiter counted it and added its headers"
+    assert refused.headers["Retry-After"] == "5"
+
+
 @pytest.fixture
 def redis_limits():
     """Rate-limit storage in the machine's Redis, under a prefix of this test's own."""
