@@ -44,7 +44,21 @@ def start(draft: dict) -> Checkout:
 
     Raises OrderConflict (same orderId, other content), OrderAlreadyPaid, and monime's typed
     errors (MonimeTimeout, MonimeUnavailable, MonimeRejected) when Monime made no session;
-    submitting the same order again retries under the same key."""
+    submitting the same order again retries under the same key.
+
+    First of all it takes one of the worker's slots for calls to Monime and holds it to the
+    end (MonimeClient.slot, MONIME_MAX_IN_FLIGHT): when every slot is taken it raises
+    MonimeBusy at once, having read nothing, stored nothing and asked Monime nothing. So is an
+    order that has its session already, and would need no call: telling it apart takes a
+    database round trip, and refusing at the door with none is what keeps a surge of checkouts
+    cheap to refuse while a slow Monime holds the slots; submitted again after Retry-After,
+    the order gets that same session."""
+    with monime.client().slot("create_session"):
+        return _start(draft)
+
+
+def _start(draft: dict) -> Checkout:
+    """`start`'s flow, with the slot held."""
     with transaction():
         order = orders.place(draft)
         if order.fingerprint != orders.fingerprint(draft):

@@ -64,6 +64,7 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict:
         "MONIME_READ_TIMEOUT": get("MONIME_READ_TIMEOUT", "10"),
         "MONIME_RETRY_DEADLINE": get("MONIME_RETRY_DEADLINE", "15"),
         "MONIME_VERIFY_TIMEOUT": get("MONIME_VERIFY_TIMEOUT", "3"),
+        "MONIME_MAX_IN_FLIGHT": get("MONIME_MAX_IN_FLIGHT", ""),
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(get("DATABASE_URL", "")),
         "DATABASE_POOL_SIZE": get("DATABASE_POOL_SIZE", "8"),
         "DATABASE_MAX_OVERFLOW": get("DATABASE_MAX_OVERFLOW", "24"),
@@ -152,6 +153,16 @@ def check(config: dict, *, relaxed: bool) -> None:
             config[name] = int(value)
         else:
             problems.append(f"{name} must be a whole number of connections, at least {least}")
+    max_in_flight = str(config.get("MONIME_MAX_IN_FLIGHT") or "")
+    if not max_in_flight:  # derived from the worker's threads (monime.fit_to_worker), or no cap
+        config["MONIME_MAX_IN_FLIGHT"] = None
+    elif max_in_flight.isascii() and max_in_flight.isdigit() and int(max_in_flight) >= 1:
+        config["MONIME_MAX_IN_FLIGHT"] = int(max_in_flight)
+    else:
+        problems.append(
+            "MONIME_MAX_IN_FLIGHT must be a whole number of calls to Monime, at least 1 "
+            "(unset: derived from the worker's threads)"
+        )
     if not str(config.get("PROXY_HOPS", "0")).isdigit():
         problems.append("PROXY_HOPS must be the number of proxies in front of the service")
     else:

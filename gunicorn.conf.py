@@ -159,11 +159,16 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Each worker delivers order notifications in a thread of its own (notifications.py),
-    started here, after the fork, so it runs as soon as the worker does."""
+    """Each worker caps its calls to Monime by its own thread count (monime.fit_to_worker:
+    MONIME_MAX_IN_FLIGHT, else monime.derived_max_in_flight(threads)), so checkouts waiting on
+    a slow Monime never take the threads webhooks and health checks need, whatever --threads
+    says; and delivers order notifications in a thread of its own (notifications.py), which
+    calls no Monime and takes no slot. Both here, after the fork, as the worker starts."""
+    import monime
     import notifications
 
     if hasattr(worker.wsgi, "extensions"):  # the Flask app of wsgi:app
+        monime.fit_to_worker(worker.wsgi, worker.cfg.threads)
         notifications.start_relay(worker.wsgi)
 
 

@@ -9,7 +9,15 @@ from the database at scrape time.
 import os
 from datetime import UTC
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
@@ -33,6 +41,22 @@ MONIME_LATENCY = Histogram(
     "Each HTTP attempt at Monime's API",
     ["operation", "result"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+# The bulkhead (monime.Bulkhead): calls to Monime refused because every slot of the worker was
+# taken, and the slots in use and available, added up over the live workers.
+MONIME_CALLS_SHED = Counter(
+    "monime_calls_shed_total",
+    "Calls to Monime not made because every slot of the worker was taken (MONIME_MAX_IN_FLIGHT), by operation",
+    ["operation"],
+)
+MONIME_CALLS_IN_FLIGHT = Gauge(
+    "monime_calls_in_flight", "Slots for calls to Monime in use, over every worker", multiprocess_mode="livesum"
+)
+MONIME_CALLS_MAX_IN_FLIGHT = Gauge(
+    "monime_calls_max_in_flight",
+    "Slots for calls to Monime, over every worker (0 for a process without a cap)",
+    multiprocess_mode="livesum",
 )
 
 

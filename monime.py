@@ -9,6 +9,10 @@ the deadline ends the call at once.
 Failures come out as typed errors that the HTTP layer maps to status codes;
 none of them carries the access token.
 
+Every call takes one of the worker's slots for calls to Monime (Bulkhead, below): past
+MONIME_MAX_IN_FLIGHT calls in flight a call is not made and MonimeBusy is raised at once, so
+checkouts waiting on a slow Monime can never take the threads webhooks and health checks need.
+
 Every call has a hard wall-clock budget (Deadline, below): connect, request,
 headers and body of every attempt together. `requests`' timeouts are per
 socket operation, so a peer that sends one byte just before each read timeout
@@ -22,7 +26,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -31,7 +35,7 @@ from flask import current_app
 from requests.adapters import HTTPAdapter
 from urllib3 import connection, connectionpool, poolmanager
 
-from metrics import MONIME_LATENCY
+from metrics import MONIME_CALLS_IN_FLIGHT, MONIME_CALLS_MAX_IN_FLIGHT, MONIME_CALLS_SHED, MONIME_LATENCY
 
 API_VERSION = "caph.2025-08-23"
 RETRYABLE_STATUSES = {429, 500, 502, 503, 504}
@@ -68,6 +72,91 @@ class MonimeUnavailable(MonimeError):
 
 class MonimeTimeout(MonimeUnavailable):
     """Monime did not answer in time."""
+
+
+class MonimeBusy(MonimeError):
+    """The call was not made: every one of this worker's slots for calls to Monime was taken
+    (MONIME_MAX_IN_FLIGHT, see Bulkhead). Nothing was sent to Monime; asking again once a slot
+    is free will be answered. Not a MonimeUnavailable: Monime may be fine, this worker is full,
+    and each flow answers it in its own way (a checkout 503 monime_busy, a redirect skips its
+    lookup, a webhook 503 so Monime delivers again)."""
+
+    def __init__(self, operation: str, limit: int):
+        super().__init__(f"all {limit} of this worker's slots for calls to Monime are taken ({operation} not made)")
+        self.operation, self.limit = operation, limit
+
+
+# --- admission: the bulkhead ------------------------------------------------------------------
+
+RESERVED_THREADS_AT_LEAST = 2  # threads a worker keeps free of Monime calls, however few it has
+RESERVED_THREADS_SHARE = 4  # ... or one in this many of its threads, when that is more
+
+
+def derived_max_in_flight(threads: int) -> int:
+    """The default MONIME_MAX_IN_FLIGHT of a worker with `threads` threads (gunicorn's
+    --threads): every thread but a reserve of max(2, threads // 4), and at least 1.
+
+    The reserve is what a worker keeps for the requests that never call Monime (webhooks
+    that need no lookup, /healthz, /livez, GET /api/orders) while every slot is held by a
+    checkout waiting on a slow Monime (up to MONIME_RETRY_DEADLINE seconds each): two
+    threads at least, so a webhook and a health probe are served side by side even on a small
+    worker; a quarter of a large one, as webhooks come in bursts (a sale's completions). A
+    shed request holds a reserve thread only for the moment it takes to answer 503. With one
+    or two threads there is no room for a reserve and one call may be in flight; run such a
+    worker with more threads. Examples: 2 -> 1, 4 -> 2, 8 -> 6, 16 -> 12, 32 -> 24.
+
+    The margin is a first choice, to be tuned from bench/run's measurements of webhook and
+    /healthz latency with every slot busy (issue 11)."""
+    reserve = max(RESERVED_THREADS_AT_LEAST, threads // RESERVED_THREADS_SHARE)
+    return max(1, threads - reserve)
+
+
+class Bulkhead:
+    """Admission control for calls to Monime in one process: at most `limit` at once (None:
+    no limit), never waiting for a slot. `slot(operation)` takes one for the calling thread
+    or raises MonimeBusy at once; a thread that holds one already (a flow that took its slot
+    before its database work, then calls Monime) takes no second one. Counted in
+    monime_calls_in_flight, and what was refused in monime_calls_shed_total{operation}.
+
+    Per process: gunicorn's post_worker_init sizes each worker's (fit_to_worker); the
+    notification relay does not call Monime and takes no slot."""
+
+    def __init__(self, limit: int | None):
+        self.in_use = 0
+        self._lock = threading.Lock()
+        self._held = threading.local()  # .slot: True while this thread holds a slot
+        self.resize(limit)
+
+    def resize(self, limit: int | None) -> None:
+        """Set the limit (None: none; shown as 0 in monime_calls_max_in_flight); slots already
+        taken stay taken until given back."""
+        with self._lock:
+            self.limit = limit
+        MONIME_CALLS_MAX_IN_FLIGHT.set(limit or 0)
+
+    @contextlib.contextmanager
+    def slot(self, operation: str) -> Iterator[None]:
+        """Hold a slot for the `with` block (`operation`, e.g. "create_session", names it in
+        the shed metric); raises MonimeBusy at once, having taken nothing, when all are taken."""
+        if getattr(self._held, "slot", False):
+            yield
+            return
+        with self._lock:
+            admitted = self.limit is None or self.in_use < self.limit
+            if admitted:
+                self.in_use += 1
+        if not admitted:
+            MONIME_CALLS_SHED.labels(operation).inc()
+            raise MonimeBusy(operation, self.limit)
+        self._held.slot = True
+        MONIME_CALLS_IN_FLIGHT.inc()
+        try:
+            yield
+        finally:
+            self._held.slot = False
+            with self._lock:
+                self.in_use -= 1
+            MONIME_CALLS_IN_FLIGHT.dec()
 
 
 # --- the hard deadline ----------------------------------------------------------------------
@@ -225,7 +314,8 @@ class MonimeClient:
     pooled HTTP session (`pool_size` connections). Timeouts in seconds: `connect_timeout` and
     `read_timeout` per socket operation, `retry_deadline` the hard total of a create with its
     retries, `verify_timeout` that of a lookup. `before_call`, when set, runs before every
-    call: in tests it is models.assert_no_transaction (app.py). Errors: MonimeError's kinds."""
+    call: in tests it is models.assert_no_transaction (app.py). `max_in_flight` caps the calls
+    in flight at once (the Bulkhead; None: no cap). Errors: MonimeError's kinds."""
 
     before_call: Callable[[], None] | None = None
 
@@ -240,11 +330,13 @@ class MonimeClient:
         retry_deadline: float = 15,
         verify_timeout: float = 3,
         pool_size: int = 32,
+        max_in_flight: int | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.retry_deadline, self.verify_timeout = retry_deadline, verify_timeout
         self._token = access_token
+        self.bulkhead = Bulkhead(max_in_flight)
         self.http = requests.Session()
         self.http.mount(self.base_url, DeadlineAdapter(pool_maxsize=pool_size, max_retries=0))
         self.http.headers.update(
@@ -255,6 +347,12 @@ class MonimeClient:
                 "User-Agent": "monime-checkout",
             }
         )
+
+    def slot(self, operation: str) -> contextlib.AbstractContextManager[None]:
+        """A slot for calls to Monime, held for a `with` block: taken by a flow before its database
+        work so that a call it cannot make stores nothing (Bulkhead.slot); MonimeBusy at once when
+        every slot is taken. The calls made inside it use it."""
+        return self.bulkhead.slot(operation)
 
     def create_session(self, body: dict, idempotency_key: str) -> dict:
         """POST /v1/checkout-sessions; returns the created CheckoutSession. Retried with the
@@ -278,10 +376,11 @@ class MonimeClient:
         """Attempt until an answer, a 4xx, or the deadline (seconds, a hard total across attempts),
         whichever comes first, waiting between attempts what Monime's Retry-After asks (else
         backing off). Raises MonimeRejected (4xx), MonimeTimeout or MonimeUnavailable, the
-        last at once when Monime asks for a wait that would end past the deadline."""
+        last at once when Monime asks for a wait that would end past the deadline; MonimeBusy
+        at once, nothing sent, when the thread holds no slot and none is free."""
         if self.before_call is not None:
             self.before_call()
-        with Deadline(deadline) as budget:
+        with self.slot(operation), Deadline(deadline) as budget:
             for attempt in itertools.count():
                 remaining = max(budget.remaining(), 0.001)
                 timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
@@ -384,7 +483,28 @@ def init_app(app) -> None:
         read_timeout=config["MONIME_READ_TIMEOUT"],
         retry_deadline=config["MONIME_RETRY_DEADLINE"],
         verify_timeout=config["MONIME_VERIFY_TIMEOUT"],
+        max_in_flight=config["MONIME_MAX_IN_FLIGHT"],
     )
+
+
+def fit_to_worker(app, threads: int) -> int:
+    """Size the app's Bulkhead for a server worker with `threads` threads (gunicorn.conf.py's
+    post_worker_init): MONIME_MAX_IN_FLIGHT when set, else derived_max_in_flight(threads).
+    Warns when the cap leaves the worker no thread free of Monime calls. Returns the cap.
+
+    Outside gunicorn nothing calls this, and the cap is MONIME_MAX_IN_FLIGHT or none: the
+    `flask` commands (reconcile makes one call at a time and serves nobody), the development
+    server (a thread per request) and the tests in process."""
+    limit = app.config["MONIME_MAX_IN_FLIGHT"] or derived_max_in_flight(threads)
+    app.extensions["monime"].bulkhead.resize(limit)
+    if limit >= threads:
+        app.logger.warning(
+            "MONIME_MAX_IN_FLIGHT=%d leaves none of the worker's %d threads free of Monime calls: "
+            "slow checkouts can starve webhooks and health checks",
+            limit,
+            threads,
+        )
+    return limit
 
 
 def client() -> MonimeClient:

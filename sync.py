@@ -74,6 +74,11 @@ def refresh_on_return(order: Order, within_client_limit: Callable[[], bool]) -> 
     - "recent": another redirect, in any worker, asked about the order less
       than REDIRECT_LOOKUP_INTERVAL seconds ago (seen on the order as read, or
       lost the race for its turn in orders.claim_lookup).
+    - "busy": every one of the worker's slots for calls to Monime is taken
+      (MONIME_MAX_IN_FLIGHT). The slot is taken before the two steps below,
+      so a lookup shed here neither counts against the client's limit nor
+      takes the order's turn: the next redirect may ask as soon as a slot
+      is free.
     - "client_limit": `within_client_limit()` (counting this lookup against
       the client's RATELIMIT_REDIRECT_LOOKUPS) says no. Only a hit that would
       ask Monime is counted, so a shopper reloading the success page does not
@@ -86,17 +91,28 @@ def refresh_on_return(order: Order, within_client_limit: Callable[[], bool]) -> 
         reason = "final"
     elif not orders.lookup_due(order, REDIRECT_LOOKUP_INTERVAL):
         reason = "recent"
-    elif not within_client_limit():
-        reason = "client_limit"
     else:
-        with transaction():  # the turn is taken before Monime is asked
-            claimed = orders.claim_lookup(order, REDIRECT_LOOKUP_INTERVAL)
-        if claimed:
-            refresh(order.id)
-            return None
-        reason = "recent"
-    REDIRECT_LOOKUPS_SKIPPED.labels(reason).inc()
+        try:
+            with monime.client().slot("get_session"):  # refresh's lookup uses it
+                reason = _look_up_in_turn(order, within_client_limit)
+        except monime.MonimeBusy:
+            reason = "busy"
+    if reason is not None:
+        REDIRECT_LOOKUPS_SKIPPED.labels(reason).inc()
     return reason
+
+
+def _look_up_in_turn(order: Order, within_client_limit: Callable[[], bool]) -> str | None:
+    """`refresh` the order if the client's limit allows and the order's turn is won (see
+    refresh_on_return); the reason it did not, else None."""
+    if not within_client_limit():
+        return "client_limit"
+    with transaction():  # the turn is taken before Monime is asked
+        claimed = orders.claim_lookup(order, REDIRECT_LOOKUP_INTERVAL)
+    if not claimed:
+        return "recent"
+    refresh(order.id)
+    return None
 
 
 def reconcile(older_than: timedelta, limit: int, dry_run: bool = False) -> Counter:

@@ -18,6 +18,11 @@ from metrics import CHECKOUTS
 from models import transaction
 
 MAX_CHECKOUT_BYTES = 64 * 1024  # the largest valid order is about 30 KiB
+# Retry-After of a checkout shed by the bulkhead (503 monime_busy), in whole seconds: a slot is
+# held for as long as Monime takes to answer one checkout, usually well under a second. The
+# frontend waits this long, spread by a random factor (e.g. 0.5-1.5x) so that the shoppers
+# refused together do not come back together, and submits the same order again (README).
+BUSY_RETRY_AFTER = 1
 
 log = logging.getLogger(__name__)
 bp = Blueprint("checkout", __name__)
@@ -29,7 +34,8 @@ def create_checkout():
     """Create a checkout for the order in the body (contract: POST /api/checkout): 201 with
     {orderId, sessionId, redirectUrl} when a Monime session was made, 200 with the order's
     session when it had one. Errors (JSON): 4xx for a bad body (load_checkout_request), 409
-    order_conflict / order_completed, 502 monime_unavailable / monime_rejected, 504
+    order_conflict / order_completed, 502 monime_unavailable / monime_rejected, 503
+    monime_busy with Retry-After (every slot for calls to Monime taken: nothing stored), 504
     monime_timeout. Each outcome is counted in checkouts_total."""
     try:
         result = start_checkout()
@@ -42,11 +48,20 @@ def create_checkout():
 
 
 def start_checkout() -> checkout.Checkout:
-    """checkout.start for the request's order, its errors raised as ApiError."""
+    """checkout.start for the request's order, its errors raised as ApiError. The body is
+    loaded first, so a bad one is a 4xx whether or not a slot is free."""
     draft = load_checkout_request()
     logs.bind(orderId=draft["orderId"])
     try:
         return checkout.start(draft)
+    except monime.MonimeBusy:
+        raise ApiError(
+            503,
+            "monime_busy",
+            "Too many payments are being started at this moment; nothing was stored. "
+            "Submit the same order again after Retry-After seconds.",
+            {"Retry-After": str(BUSY_RETRY_AFTER)},
+        ) from None
     except checkout.OrderConflict as exc:
         raise ApiError(409, "order_conflict", str(exc)) from None
     except checkout.OrderAlreadyPaid as exc:

@@ -149,6 +149,20 @@ def test_pool_sizes_must_be_whole_numbers(name, value):
     assert f"{name} must be a whole number of connections" in refusal(**{name: value})
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "2.5", "many", " 4", "١٢"])
+def test_the_cap_on_calls_to_monime_in_flight_is_a_whole_number_of_at_least_one(value):
+    assert "MONIME_MAX_IN_FLIGHT must be a whole number of calls to Monime, at least 1" in refusal(
+        MONIME_MAX_IN_FLIGHT=value
+    )
+
+
+@pytest.mark.parametrize(("value", "cap"), [(None, None), ("", None), ("1", 1), ("24", 24)])
+def test_the_cap_on_calls_to_monime_in_flight_unset_is_left_to_the_worker(value, cap):
+    config = from_environment({key: val for key, val in (VALID | {"MONIME_MAX_IN_FLIGHT": value}).items() if val})
+    check(config, relaxed=False)
+    assert config["MONIME_MAX_IN_FLIGHT"] == cap
+
+
 def test_pool_sizes_from_the_environment_size_the_engines_pool(tmp_path):
     app = started(tmp_path, DATABASE_POOL_SIZE="3", DATABASE_MAX_OVERFLOW="0")
     options = app.config["SQLALCHEMY_ENGINE_OPTIONS"]
@@ -310,7 +324,7 @@ def test_the_order_feed_delay_is_a_positive_number_of_seconds():
 
 # The environment a service started by a shell would have: none of the service's settings.
 BARE = {"PATH": os.environ["PATH"], "FLASK_SKIP_DOTENV": "1", "LANG": "C.UTF-8"}
-BAD = {"PROXY_HOPS": "two", "MONIME_READ_TIMEOUT": "soon"}
+BAD = {"PROXY_HOPS": "two", "MONIME_READ_TIMEOUT": "soon", "MONIME_MAX_IN_FLIGHT": "0"}
 EVERY_PROBLEM = [
     "MONIME_WEBHOOK_SECRET is required",
     "APP_URL is required",
@@ -318,6 +332,7 @@ EVERY_PROBLEM = [
     "DATABASE_URL is required outside development and tests",
     "PROXY_HOPS must be the number of proxies",
     "MONIME_READ_TIMEOUT must be a positive number of seconds",
+    "MONIME_MAX_IN_FLIGHT must be a whole number of calls to Monime, at least 1",
 ]
 COMMANDS = {
     "gunicorn": [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
