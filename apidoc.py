@@ -130,12 +130,23 @@ INVALID_EXAMPLE = {
     }
 }
 
+BUSY_EXAMPLE = {
+    "error": {
+        "code": "monime_busy",
+        "message": "Too many payments are being started at this moment; nothing was stored. "
+        "Submit the same order again after Retry-After seconds.",
+    }
+}
+
 CHECKOUT_DESCRIPTION = """The order and its `Idempotency-Key` are stored **before** Monime is called.
 
 - Timeouts, connection errors, `429` and `5xx` from Monime are retried with the same key
   for up to `MONIME_RETRY_DEADLINE` seconds, a hard limit: then `504 monime_timeout`.
 - Submitting the same order again reuses the key, so Monime makes **one** session however
   often the shopper presses *Pay*; after a session is `cancelled` or `expired`, a new one.
+- Past `MONIME_MAX_IN_FLIGHT` calls to Monime in flight in the worker, the checkout is refused at
+  once with `503 monime_busy` and `Retry-After` (whole seconds): wait that long, spread by a random
+  factor of about 0.5-1.5, and submit the same order again.
 - Amounts are integers in minor units; the service computes the total itself."""
 
 WEBHOOK_DESCRIPTION = """Monime's signed event, the authority on an order's status.
@@ -210,7 +221,13 @@ def paths(catalog_mode: bool) -> dict:
             "415": error("Not `Content-Type: application/json`."),
             "429": error("Too many checkouts from this client.", retry=True),
             "502": error("Monime refused (`monime_rejected`) or kept failing (`monime_unavailable`)."),
-            "503": error("The database is unavailable.", retry=True),
+            "503": error(
+                "`monime_busy`: this worker has as many calls to Monime in flight as `MONIME_MAX_IN_FLIGHT` "
+                "allows; nothing was stored and Monime was not called. Wait `Retry-After` seconds (jittered) and "
+                "submit the same order again. Or `database_unavailable`.",
+                BUSY_EXAMPLE,
+                retry=True,
+            ),
             "504": error("Monime did not answer in time (`monime_timeout`)."),
         },
         body="CheckoutRequest",
@@ -224,7 +241,11 @@ def paths(catalog_mode: bool) -> dict:
             "400": error("Signed, but not a Monime event."),
             "401": error("Signature missing, malformed, stale or not matching."),
             "413": error("Body over 1 MiB."),
-            "503": error("Database unavailable, or Monime cannot confirm a completion; deliver again.", retry=True),
+            "503": error(
+                "Database unavailable, or Monime cannot confirm a completion (unreachable, or the worker's calls "
+                "to Monime at `MONIME_MAX_IN_FLIGHT`); deliver again.",
+                retry=True,
+            ),
         },
         body="WebhookEvent",
         example=WEBHOOK_EXAMPLE,
