@@ -105,6 +105,17 @@ def lookup(order_id: str) -> Order | None:
     return db.session.get(Order, order_id) if ORDER_ID.match(order_id) else None
 
 
+def view(order_id: str) -> dict | None:
+    """The order as GET /api/orders/<orderId> shows it (schemas.OrderSchema), in one SELECT
+    and without an ORM object: every column of the orders table (amount in minor units),
+    with `money` and `review` as Order has them. None when there is no such order, and for a
+    string that cannot be an orderId (as `lookup`)."""
+    if not ORDER_ID.match(order_id):
+        return None
+    row = db.session.execute(_checkout_statements(_dialect()).view, {"order_id": order_id}).first()
+    return None if row is None else row._asdict() | {"money": Order.money.fget(row), "review": Order.review.fget(row)}
+
+
 def reread(order_id: str) -> Order | None:
     """Read the order again from the database, replacing the copy this session holds: the
     rules change orders with Core UPDATEs the session does not see, so after one, this is
@@ -167,7 +178,7 @@ def _dialect() -> str:
 
 @cache
 def _checkout_statements(dialect_name: str) -> SimpleNamespace:
-    """The statements of a checkout, built once per dialect; their values come with each
+    """The statements of a checkout (and the order's view), built once per dialect; their values come with each
     execution (bind parameters), so SQLAlchemy compiles each once and psycopg prepares it.
     Each returns `for_checkout`'s row shape, or the order's id for `record`."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
@@ -178,6 +189,7 @@ def _checkout_statements(dialect_name: str) -> SimpleNamespace:
         .select_from(Order.__table__.outerjoin(sessions, sessions.c.id == columns.checkout_session_id))
         .where(columns.id == bindparam("order_id"))
     )
+    view = select(*Order.__table__.columns).where(columns.id == bindparam("order_id"))
     place = dialect.insert(Order.__table__).on_conflict_do_nothing().returning(*Order.__table__.columns, *no_session)
     new_attempt = (
         update(Order.__table__)
@@ -219,7 +231,7 @@ def _checkout_statements(dialect_name: str) -> SimpleNamespace:
         record = (take_session.add_cte(store_session.cte("stored_session")),)
     else:
         record = (store_session, take_session)
-    return SimpleNamespace(read=read, place=place, new_attempt=new_attempt, record=record)
+    return SimpleNamespace(view=view, read=read, place=place, new_attempt=new_attempt, record=record)
 
 
 def by_session(session_id: str) -> Order | None:
