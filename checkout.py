@@ -13,7 +13,7 @@ from flask import current_app
 
 import monime
 import orders
-from models import Order, Status, transaction
+from models import Status, transaction
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,9 @@ def _start(draft: dict) -> Checkout:
         _refuse_if_paid(order)
         if order.status in orders.FINAL_UNPAID:
             order = orders.start_new_attempt(order)
-        session = orders.current_session(order)
     # the order and its Idempotency-Key are stored before Monime is called
-    if session is not None:
-        return Checkout(order.id, session.id, session.redirect_url, created=False)
+    if order.session_id is not None:
+        return Checkout(order.id, order.session_id, order.redirect_url, created=False)
 
     made = monime.client().create_session(session_request(order), order.idempotency_key)
     made_id, made_url = made["id"], made.get("redirectUrl")
@@ -78,20 +77,20 @@ def _start(draft: dict) -> Checkout:
         if not recorded:
             # While Monime answered, a concurrent request recorded a session, or a late
             # completion of an earlier session paid the order: never hand out a second one.
-            order = orders.reread(order.id)
-            session = orders.current_session(order)
+            order = orders.for_checkout(order.id)
     if recorded:
         log.info("checkout session created", extra={"data": {"sessionId": made_id}})
         return Checkout(order.id, made_id, made_url, created=True)
     _refuse_if_paid(order)
-    if session is None:  # a newer attempt has begun and not recorded its session yet
+    if order.session_id is None:  # a newer attempt has begun and not recorded its session yet
         return Checkout(order.id, made_id, made_url, created=False)
-    return Checkout(order.id, session.id, session.redirect_url, created=False)
+    return Checkout(order.id, order.session_id, order.redirect_url, created=False)
 
 
-def session_request(order: Order) -> dict:
-    """The CreateCheckoutSession body (Monime's OpenAPI) for an order, built only from what is
-    stored, so every retry under the order's Idempotency-Key sends the same request."""
+def session_request(order) -> dict:
+    """The CreateCheckoutSession body (Monime's OpenAPI) for an order (orders.for_checkout's
+    row, or an Order), built only from what is stored, so every retry under the order's
+    Idempotency-Key sends the same request."""
     body = {
         "name": order.name,
         "reference": order.id,
@@ -110,6 +109,6 @@ def own_url(path: str, order_id: str) -> str:
     return f"{current_app.config['PUBLIC_BASE_URL']}{path}?orderId={quote(order_id, safe=':')}"
 
 
-def _refuse_if_paid(order: Order) -> None:
+def _refuse_if_paid(order) -> None:
     if order.status == Status.COMPLETED:
         raise OrderAlreadyPaid(f"Order {order.id!r} is already paid.")

@@ -2,6 +2,11 @@
 every verified webhook event, stored raw with what became of it (and any
 other body later delivered under the same event id)."""
 
+import fcntl
+import os
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -11,6 +16,7 @@ from functools import cache
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, ForeignKey, Index, String, Text, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -269,11 +275,20 @@ def assert_no_transaction() -> None:
 
 def share_sqlite_between_workers(engine) -> None:
     """WAL lets readers run beside a writer; every transaction takes the write
-    lock up front (BEGIN IMMEDIATE) so concurrent writers queue on the busy
-    timeout instead of failing with "database is locked" when a read
-    transaction later tries to write. Only a transaction begun by read_only()
-    begins deferred, and PRAGMA query_only keeps it from writing: writes are
-    safe by default, reads opt in."""
+    lock up front (BEGIN IMMEDIATE) so concurrent writers queue instead of failing
+    with "database is locked" when a read transaction later tries to write. Only a
+    transaction begun by read_only() begins deferred, and PRAGMA query_only keeps it
+    from writing: writes are safe by default, reads opt in.
+
+    Writers queue in the kernel, not in SQLite's busy handler: before BEGIN IMMEDIATE
+    a writing transaction takes the database's WriterLock (an flock shared by every
+    worker, command and migration that opens the file through this code) and gives it
+    back right after its COMMIT or ROLLBACK, so each waiter wakes when the writer ahead
+    of it is done. SQLite's busy handler polls in growing sleeps (up to 100 ms each),
+    which let a stream of writers starve a waiter for seconds. A writer that waits
+    longer than the busy timeout fails as a locked database does (503); the busy
+    timeout still bounds a wait for a writer that does not take the WriterLock."""
+    writers = WriterLock.of(engine.url.database)
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):
@@ -292,7 +307,173 @@ def share_sqlite_between_workers(engine) -> None:
         if kept.get("query_only", False) != reads_only:  # a PRAGMA only when it changes
             connection.exec_driver_sql(f"PRAGMA query_only={int(reads_only)}")
             kept["query_only"] = reads_only
-        connection.exec_driver_sql("BEGIN" if reads_only else "BEGIN IMMEDIATE")
+        if reads_only:
+            connection.exec_driver_sql("BEGIN")
+            return
+        if writers is not None:
+            writers.acquire(SQLITE_BUSY_TIMEOUT_MS / 1000)
+            kept[WRITING] = writers
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _done_writing(kept)
+            raise
+
+    @event.listens_for(engine, "commit")
+    def on_commit(connection):
+        # Committed here, so the lock is given back after the COMMIT; SQLAlchemy's own
+        # commit that follows finds no transaction and does nothing.
+        if WRITING in connection.connection.info:
+            try:
+                connection.exec_driver_sql("COMMIT")
+            finally:
+                _done_writing(connection.connection.info)
+
+    @event.listens_for(engine, "rollback")
+    def on_rollback(connection):
+        if WRITING in connection.connection.info:
+            _end_and_release(connection.connection.dbapi_connection, connection.connection.info)
+
+    # A connection given back to the pool, closed or invalidated inside a transaction (its
+    # thread died, or its request failed) gives the lock back too.
+    @event.listens_for(engine, "reset")
+    def on_reset(dbapi_connection, record, _state):
+        if WRITING in record.info:
+            _end_and_release(dbapi_connection, record.info)
+
+    @event.listens_for(engine, "close")
+    @event.listens_for(engine, "invalidate")
+    def on_close(_dbapi_connection, record, *_exception):
+        _done_writing(record.info)
+
+
+# The key, in a database connection's info, of the WriterLock its transaction holds.
+WRITING = "checkout_writer_lock"
+
+
+def _end_and_release(dbapi_connection, kept: dict) -> None:
+    """Roll the connection's transaction back (if it still has one), then give its lock back."""
+    try:
+        if dbapi_connection is not None and dbapi_connection.in_transaction:
+            dbapi_connection.rollback()
+    finally:
+        _done_writing(kept)
+
+
+def _done_writing(kept: dict) -> None:
+    writers = kept.pop(WRITING, None)
+    if writers is not None:
+        writers.release()
+
+
+class WriterLock:
+    """The turn to write to one SQLite file, for every thread of every process that opens it
+    through share_sqlite_between_workers: an exclusive flock on `<database>.writer-lock`.
+
+    An flock belongs to an open file description, so each process opens the file itself (a
+    forked worker opens it anew) and its threads take turns on a threading.Lock in front of
+    it: at most one thread per process holds or waits for the flock. That thread first tries
+    the flock without blocking; when another process holds it, a keeper thread blocks in the
+    kernel for it, so the wait can be given up after `timeout` while the kernel still wakes
+    the waiter the moment the flock is free. A lock the keeper gets for a waiter that gave up
+    is given back at once, or handed to the next thread of the process that asks. A process
+    that dies holding the flock loses it with its file descriptors.
+    """
+
+    _instances: dict[str, "WriterLock"] = {}
+    _instances_lock = threading.Lock()
+
+    @classmethod
+    def of(cls, database: str | None) -> "WriterLock | None":
+        """The process's WriterLock of the SQLite file `database` (a path, as in the URL); None
+        for an in-memory database, which no other connection can share."""
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        path = os.path.abspath(database) + ".writer-lock"
+        with cls._instances_lock:
+            if path not in cls._instances:
+                cls._instances[path] = cls(path)
+            return cls._instances[path]
+
+    def __init__(self, path: str):
+        self.path = path
+        self._start()
+        os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
+        """A fresh state: at creation, and in a forked child, which shares its parent's open
+        file (and so its flock) and has none of its threads."""
+        self._turn = threading.Lock()  # held by the one thread of this process that holds or waits for the flock
+        self._changed = threading.Condition(threading.Lock())
+        self._file: int | None = None
+        self._keeper: threading.Thread | None = None
+        self._waiting = False  # the keeper is (to be) blocked in flock for this process
+        self._granted = False  # the keeper holds the flock for the thread waiting for it
+        self._given_up = False  # that thread stopped waiting: the keeper gives the flock back
+
+    def acquire(self, timeout: float) -> None:
+        """Wait at most `timeout` seconds for the turn to write. Raises
+        sqlalchemy.exc.OperationalError ("database is locked", as SQLite's own busy
+        timeout does) when it does not come in time, or the lock file cannot be opened."""
+        ends = time.monotonic() + timeout
+        if not self._turn.acquire(timeout=timeout):
+            raise _locked()
+        try:
+            with self._changed:
+                if not (self._waiting or self._granted):
+                    try:
+                        fcntl.flock(self._opened(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        return
+                    except BlockingIOError:  # another process writes: wait in the kernel
+                        self._waiting = True
+                        self._wake_keeper()
+                self._given_up = False
+                if not self._changed.wait_for(lambda: self._granted, ends - time.monotonic()):
+                    self._given_up = True
+                    raise _locked()
+                self._granted = False
+        except BaseException:
+            self._turn.release()
+            raise
+
+    def release(self) -> None:
+        """Give the turn back (the thread that took it, or whoever ended its transaction)."""
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._turn.release()
+
+    def _opened(self) -> int:
+        if self._file is None:
+            try:
+                self._file = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise _locked(f"the writer lock {self.path} cannot be opened: {exc.strerror}") from None
+        return self._file
+
+    def _wake_keeper(self) -> None:
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep, name="sqlite-writer-lock", daemon=True)
+            self._keeper.start()
+        else:
+            self._changed.notify_all()
+
+    def _keep(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._waiting)
+            fcntl.flock(self._file, fcntl.LOCK_EX)  # blocks in the kernel until no other process holds it
+            with self._changed:
+                self._waiting = False
+                if self._given_up:
+                    self._given_up = False
+                    fcntl.flock(self._file, fcntl.LOCK_UN)
+                else:
+                    self._granted = True
+                    self._changed.notify_all()
+
+
+def _locked(message: str = "database is locked"):
+    """The error SQLite's busy timeout raises, which the API answers 503 (api/errors.py)."""
+    return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(message))
 
 
 def insert_unless_exists(model, **values) -> bool:

@@ -21,7 +21,9 @@ would otherwise hold a call, and the thread making it, for as long as it likes.
 
 import contextlib
 import email.utils
+import heapq
 import itertools
+import os
 import random
 import socket
 import threading
@@ -177,8 +179,9 @@ class Deadline:
     is using; a connection that was cut is closed and never pooled again. `expired` tells the
     caller that whatever the attempt got is to be treated as a timeout. The body is read
     inside the call (no stream=True), so the cut bounds it too: checking a clock between
-    chunks would not, as one read of a chunk can itself be trickled. Costs one short-lived
-    timer thread per call.
+    chunks would not, as one read of a chunk can itself be trickled. One watchdog thread per
+    process (_Watchdog) expires every deadline at its time, so a call costs a heap push, not
+    a thread of its own (a timer thread per call cost ~90 us of CPU and ~140 us of wall time).
 
     The one wait it cannot end is a DNS lookup that hangs, which no socket is open for yet.
     """
@@ -189,8 +192,6 @@ class Deadline:
         self.expired = False
         self.connection = None  # the connection the call is using now, if any
         self._over = False
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
 
     def remaining(self) -> float:
         """Seconds left of the budget (negative once past it)."""
@@ -198,11 +199,10 @@ class Deadline:
 
     def __enter__(self) -> "Deadline":
         self._outer, _current.deadline = getattr(_current, "deadline", None), self
-        self._timer.start()
+        _WATCHDOG.watch(self)
         return self
 
     def __exit__(self, *_exc) -> None:
-        self._timer.cancel()
         with _LOCK:  # a timer already firing finds the call over and cuts nothing
             self.connection, self._over = None, True
         _current.deadline = self._outer
@@ -214,6 +214,51 @@ class Deadline:
             self.expired = True
             if self.connection is not None:
                 _cut(self.connection)
+
+
+class _Watchdog:
+    """The one thread of a process that expires Deadlines: it sleeps until the earliest
+    deadline still running is due and expires it then. Deadlines that ended are dropped
+    from the heap lazily, when they reach its top. Started on first use in each process
+    (a forked gunicorn worker inherits no thread, so its watchdog is made anew)."""
+
+    def __init__(self):
+        self._due: list[tuple[float, int, Deadline]] = []  # a heap by ends_at (monotonic seconds)
+        self._changed = threading.Condition(threading.Lock())
+        self._order = itertools.count()  # ties in ends_at never compare Deadlines
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: Deadline) -> None:
+        """Expire `deadline` (Deadline._expire) at its ends_at unless it is over by then."""
+        with self._changed:
+            while self._due and self._due[0][2]._over:  # ended ones at the top go now
+                heapq.heappop(self._due)
+            earliest = not self._due or deadline.ends_at < self._due[0][0]
+            heapq.heappush(self._due, (deadline.ends_at, next(self._order), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="monime-deadlines", daemon=True)
+                self._thread.start()
+            elif earliest:  # the watchdog sleeps until a later time: wake it to wait for this one
+                self._changed.notify()
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                while self._due and self._due[0][2]._over:
+                    heapq.heappop(self._due)
+                if not self._due:
+                    self._changed.wait()
+                    continue
+                wait = self._due[0][0] - time.monotonic()
+                if wait > 0:
+                    self._changed.wait(wait)
+                    continue
+                heapq.heappop(self._due)[2]._expire()
+
+
+_WATCHDOG = _Watchdog()
+# A forked child has only the thread that forked: it starts a watchdog of its own on first use.
+os.register_at_fork(after_in_child=_WATCHDOG.__init__)
 
 
 def _cut(conn) -> None:

@@ -27,8 +27,11 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, timedelta
+from functools import cache
+from types import SimpleNamespace
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Row, bindparam, null, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 import notifications
 from models import (
@@ -39,7 +42,6 @@ from models import (
     Outcome,
     Status,
     db,
-    insert_unless_exists,
     utcnow,
 )
 
@@ -69,27 +71,30 @@ def fingerprint(draft: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def place(draft: dict) -> Order:
-    """Store a new pending order with a fresh Idempotency-Key, or return the
-    order already stored under this orderId (whatever its content)."""
+def place(draft: dict) -> Row:
+    """Store a new pending order with a fresh Idempotency-Key, or read the order already
+    stored under this orderId (whatever its content): one INSERT ... ON CONFLICT DO NOTHING
+    RETURNING, and a read only when the order was stored before. Returns the order as a
+    checkout reads it (`for_checkout`'s row)."""
     items = draft["lineItems"]
-    insert_unless_exists(
-        Order,
-        id=draft["orderId"],
-        fingerprint=fingerprint(draft),
-        name=draft["name"],
-        description=draft["description"],
-        line_items=items,
-        client_metadata=draft["metadata"],
-        callback_state=draft["callbackState"],
-        currency=items[0]["price"]["currency"],
-        amount=sum(item["price"]["value"] * item["quantity"] for item in items),
-        status=Status.PENDING,
-        idempotency_key=new_idempotency_key(),
-        created_at=utcnow(),
-        updated_at=utcnow(),
-    )
-    return reread(draft["orderId"])
+    now = utcnow()
+    values = {
+        "id": draft["orderId"],
+        "fingerprint": fingerprint(draft),
+        "name": draft["name"],
+        "description": draft["description"],
+        "line_items": items,
+        "client_metadata": draft["metadata"],
+        "callback_state": draft["callbackState"],
+        "currency": items[0]["price"]["currency"],
+        "amount": sum(item["price"]["value"] * item["quantity"] for item in items),
+        "status": Status.PENDING,
+        "idempotency_key": new_idempotency_key(),
+        "created_at": now,
+        "updated_at": now,
+    }
+    placed = db.session.execute(_checkout_statements(_dialect()).place, values).first()
+    return placed if placed is not None else for_checkout(draft["orderId"])
 
 
 def lookup(order_id: str) -> Order | None:
@@ -98,6 +103,17 @@ def lookup(order_id: str) -> Order | None:
     a string that cannot be an orderId (ORDER_ID_PATTERN: Postgres refuses some, such as one
     holding a NUL, with an error). To see an order's changes since it was read, `reread`."""
     return db.session.get(Order, order_id) if ORDER_ID.match(order_id) else None
+
+
+def view(order_id: str) -> dict | None:
+    """The order as GET /api/orders/<orderId> shows it (schemas.OrderSchema), in one SELECT
+    and without an ORM object: every column of the orders table (amount in minor units),
+    with `money` and `review` as Order has them. None when there is no such order, and for a
+    string that cannot be an orderId (as `lookup`)."""
+    if not ORDER_ID.match(order_id):
+        return None
+    row = db.session.execute(_checkout_statements(_dialect()).view, {"order_id": order_id}).first()
+    return None if row is None else row._asdict() | {"money": Order.money.fget(row), "review": Order.review.fget(row)}
 
 
 def reread(order_id: str) -> Order | None:
@@ -113,43 +129,109 @@ def new_idempotency_key() -> str:
     return uuid.uuid4().hex  # 32 characters; Monime allows 64
 
 
-def start_new_attempt(order: Order) -> Order:
+def for_checkout(order_id: str) -> Row | None:
+    """The order as a checkout reads it, in one statement and without an ORM object: a row of
+    every column of the orders table (amount in minor units), plus `session_id` and
+    `redirect_url` of its current session (None while it has none). None when there is no
+    such order. For an id known to be valid: it is not checked."""
+    return db.session.execute(_checkout_statements(_dialect()).read, {"order_id": order_id}).first()
+
+
+def start_new_attempt(order) -> Row:
     """A cancelled or expired order submitted again goes back to pending and
-    will get a new session under a new Idempotency-Key."""
-    _change(
-        order,
-        {"status": Status.PENDING, "idempotency_key": new_idempotency_key(), "checkout_session_id": None},
-        columns.status.in_(FINAL_UNPAID),
-        columns.idempotency_key == order.idempotency_key,
+    will get a new session under a new Idempotency-Key. `order` is anything with the
+    order's `id` and `idempotency_key` as read; one UPDATE ... RETURNING. Returns the
+    order as it is now (`for_checkout`'s row): unchanged when it was not cancelled or
+    expired, or when a concurrent submission began the new attempt first."""
+    values = {
+        "order_id": order.id,
+        "read_key": order.idempotency_key,
+        "new_key": new_idempotency_key(),
+        "now": utcnow(),
+    }
+    renewed = db.session.execute(_checkout_statements(_dialect()).new_attempt, values).first()
+    return renewed if renewed is not None else for_checkout(order.id)
+
+
+def record_session(order, session_id: str, redirect_url: str | None) -> bool:
+    """Remember a session Monime made for the order's current attempt (`order`: anything with
+    the order's `id` and the `idempotency_key` the session was made under). True when it
+    became the order's session; False when a concurrent request with the same key recorded
+    it first (or a newer attempt has begun). The session is stored either way, so its
+    events find the order. One statement on Postgres (a data-modifying WITH), two on SQLite."""
+    values = {
+        "session_id": session_id,
+        "order_id": order.id,
+        "key": order.idempotency_key,
+        "redirect_url": redirect_url,
+        "now": utcnow(),
+    }
+    *first, recording = _checkout_statements(_dialect()).record
+    for statement in first:
+        db.session.execute(statement, values)
+    return db.session.execute(recording, values).first() is not None
+
+
+def _dialect() -> str:
+    return db.session.get_bind().dialect.name
+
+
+@cache
+def _checkout_statements(dialect_name: str) -> SimpleNamespace:
+    """The statements of a checkout (and the order's view), built once per dialect; their values come with each
+    execution (bind parameters), so SQLAlchemy compiles each once and psycopg prepares it.
+    Each returns `for_checkout`'s row shape, or the order's id for `record`."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    sessions = CheckoutSession.__table__
+    no_session = (null().label("session_id"), null().label("redirect_url"))
+    read = (
+        select(*Order.__table__.columns, sessions.c.id.label("session_id"), sessions.c.redirect_url)
+        .select_from(Order.__table__.outerjoin(sessions, sessions.c.id == columns.checkout_session_id))
+        .where(columns.id == bindparam("order_id"))
     )
-    return reread(order.id)
-
-
-def current_session(order: Order) -> CheckoutSession | None:
-    """The order's current CheckoutSession (the one recorded for its attempt), or None."""
-    if order.checkout_session_id is None:
-        return None
-    return db.session.get(CheckoutSession, order.checkout_session_id)
-
-
-def record_session(order: Order, session_id: str, redirect_url: str | None) -> bool:
-    """Remember a session Monime made for the order's current attempt. True
-    when it became the order's session; False when a concurrent request with
-    the same key recorded it first (or a newer attempt has begun)."""
-    insert_unless_exists(
-        CheckoutSession,
-        id=session_id,
-        order_id=order.id,
-        idempotency_key=order.idempotency_key,
-        redirect_url=redirect_url,
-        created_at=utcnow(),
+    view = select(*Order.__table__.columns).where(columns.id == bindparam("order_id"))
+    place = dialect.insert(Order.__table__).on_conflict_do_nothing().returning(*Order.__table__.columns, *no_session)
+    new_attempt = (
+        update(Order.__table__)
+        .where(
+            columns.id == bindparam("order_id"),
+            columns.status.in_(FINAL_UNPAID),
+            columns.idempotency_key == bindparam("read_key"),
+        )
+        .values(
+            status=Status.PENDING,
+            idempotency_key=bindparam("new_key"),
+            checkout_session_id=None,
+            updated_at=bindparam("now"),
+        )
+        .returning(*Order.__table__.columns, *no_session)
     )
-    return _change(
-        order,
-        {"checkout_session_id": session_id},
-        columns.idempotency_key == order.idempotency_key,
-        columns.checkout_session_id.is_(None),
+    store_session = (
+        dialect.insert(sessions)
+        .values(
+            id=bindparam("session_id"),
+            order_id=bindparam("order_id"),
+            idempotency_key=bindparam("key"),
+            redirect_url=bindparam("redirect_url"),
+            created_at=bindparam("now"),
+        )
+        .on_conflict_do_nothing()
     )
+    take_session = (
+        update(Order.__table__)
+        .where(
+            columns.id == bindparam("order_id"),
+            columns.idempotency_key == bindparam("key"),
+            columns.checkout_session_id.is_(None),
+        )
+        .values(checkout_session_id=bindparam("session_id"), updated_at=bindparam("now"))
+        .returning(columns.id)
+    )
+    if dialect_name == "postgresql":  # one round trip: the session is stored by a WITH of the UPDATE
+        record = (take_session.add_cte(store_session.cte("stored_session")),)
+    else:
+        record = (store_session, take_session)
+    return SimpleNamespace(view=view, read=read, place=place, new_attempt=new_attempt, record=record)
 
 
 def by_session(session_id: str) -> Order | None:

@@ -381,6 +381,28 @@ def test_a_deadline_cuts_only_its_own_call_while_another_thread_shares_the_clien
     assert len(simulator.requests("POST")) == 2  # the first create and this one: no retry was needed
 
 
+def test_a_shorter_deadline_begun_during_a_longer_one_still_cuts_its_call_in_time(simulator):
+    """One watchdog thread expires every deadline: a call with a short budget that begins while
+    one with a long budget is running is still cut at its own time, not at the other's."""
+    client = client_for(simulator, read_timeout=0.5, retry_deadline=4, verify_timeout=0.5)
+    created = client.create_session(BODY, "key-nested")
+    simulator.faults(trickle={"interval": TRICKLE})
+    outcomes = {}
+    create = threading.Thread(
+        target=lambda: outcomes.update(create=timed(lambda: client.create_session(BODY, "key-nested-2")))
+    )
+    create.start()
+    wait_for(lambda: len(simulator.requests("POST")) == 2, 10, "the long create reached the simulator")
+
+    error, took = timed(lambda: client.get_session(created["id"]))
+    create.join(timeout=10)
+
+    assert type(error) is MonimeTimeout, error
+    assert took < 0.5 + HARD_MARGIN
+    assert type(outcomes["create"][0]) is MonimeTimeout
+    assert outcomes["create"][1] < 4 + HARD_MARGIN
+
+
 def test_a_finished_calls_deadline_never_cuts_the_next_call(simulator):
     client = client_for(simulator, read_timeout=2, retry_deadline=5, verify_timeout=0.3)
     created = client.create_session(BODY, "key-after")

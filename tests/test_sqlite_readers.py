@@ -1,6 +1,8 @@
-"""SQLite: reads do not queue behind a writer, writes still take the lock up front,
-and the image's health check outlasts the busy timeout (issue 10, point 8)."""
+"""SQLite: reads do not queue behind a writer, writes still take the lock up front and queue
+for their turn in the kernel (models.WriterLock), a write that waits past the busy timeout
+answers 503, and the image's health check outlasts the busy timeout (issue 10, point 8)."""
 
+import fcntl
 import re
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +16,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from conftest import LiveClient, make_app, service_settings
-from models import SQLITE_BUSY_TIMEOUT_MS, Order, db, read_only
-from support import checkout, order_payload
+from models import SQLITE_BUSY_TIMEOUT_MS, Order, WriterLock, db, read_only
+from support import checkout, order_payload, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSY_TIMEOUT = SQLITE_BUSY_TIMEOUT_MS / 1000
@@ -38,12 +40,27 @@ def write_lock_held(database_url: str):
         holder.close()
 
 
+@contextmanager
+def writers_turn_held(database_url: str):
+    """Another process's writer of this service holding the turn to write: the WriterLock's
+    flock, taken on a file description of the test's own, until the block ends."""
+    with open(WriterLock.of(make_url(database_url).database).path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
+HOLDERS = {"sqlite-write-lock": write_lock_held, "writers-turn": writers_turn_held}
+
+
 @sqlite_only
-def test_reads_answer_while_another_process_holds_the_write_lock(database_url, live_server, app, simulator):
+@pytest.mark.parametrize("held", HOLDERS.values(), ids=HOLDERS.keys())
+def test_reads_answer_while_another_process_holds_the_write_lock(database_url, live_server, app, simulator, held):
+    """Reads never wait for the turn to write; a write waits for it (in the kernel, or in
+    SQLite's busy handler for a writer that takes no turn) at most the busy timeout."""
     placed = checkout(LiveClient(live_server.url))
     reads = ["/healthz", f"/api/orders/{placed['orderId']}", "/metrics"]
 
-    with write_lock_held(database_url), ThreadPoolExecutor(1) as pool:
+    with held(database_url), ThreadPoolExecutor(1) as pool:
         writing = pool.submit(requests.post, live_server.url + "/api/checkout", json=order_payload(), timeout=60)
         answers = {path: requests.get(live_server.url + path, timeout=PROMPTLY) for path in reads}
         written = writing.result()
@@ -56,6 +73,39 @@ def test_reads_answer_while_another_process_holds_the_write_lock(database_url, l
     assert written.json()["error"]["code"] == "database_unavailable"
     # and once the lock is free, writes go through
     assert checkout(LiveClient(live_server.url))["redirectUrl"]
+
+
+def test_a_writer_that_gave_up_waiting_for_its_turn_leaves_it_to_others(tmp_path):
+    """The keeper thread that waits in the kernel for a thread that gave up gives the turn
+    back as soon as it gets it; a later writer of the process gets it while it is held."""
+    writers = WriterLock.of(str(tmp_path / "given-up.sqlite3"))
+    with open(writers.path, "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(OperationalError, match="database is locked"):
+            writers.acquire(0.2)
+        fcntl.flock(other, fcntl.LOCK_UN)
+
+        def other_takes_it() -> bool:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        wait_for(other_takes_it, 10, "the turn the keeper got for nobody to be given back")
+        fcntl.flock(other, fcntl.LOCK_UN)
+        writers.acquire(BUSY_TIMEOUT)  # the keeper, or the flock at once
+        assert not other_takes_it()
+        writers.release()
+        assert other_takes_it()
+
+
+@sqlite_only
+def test_a_read_only_transaction_never_takes_the_turn_to_write(database_url, app):
+    with app.app_context(), writers_turn_held(database_url):
+        read_only()
+        assert db.session.execute(db.select(Order.id)).all() == []
+        db.session.commit()
 
 
 @sqlite_only
