@@ -1,7 +1,7 @@
 # make dev          the service on SQLite against the local Monime simulator
 # make test         every test, on SQLite and Postgres, installing what they need
 # make docker-test  build the image and run it against Postgres and the simulator
-# make bench        throughput, latency and memory against bare Flask (bench/README.md)
+# make bench        the service against bare Flask and pgbench, slow Monime, memory (bench/README.md)
 
 PYTHON ?= python3
 VENV ?= .venv
