@@ -167,7 +167,7 @@ def post_worker_init(worker):
     import monime
     import notifications
 
-    if hasattr(worker.wsgi, "extensions"):  # the Flask app of wsgi:app
+    if "monime" in getattr(worker.wsgi, "extensions", {}):  # this service's app (wsgi:app), not bench/bare.py
         monime.fit_to_worker(worker.wsgi, worker.cfg.threads)
         notifications.start_relay(worker.wsgi)
 
