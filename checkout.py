@@ -13,7 +13,7 @@ from flask import current_app
 
 import monime
 import orders
-from models import Order, Status, transaction
+from models import CheckoutSession, Order, Status, atomic, transaction
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,7 @@ def start(draft: dict) -> Checkout:
     Raises OrderConflict (same orderId, other content), OrderAlreadyPaid, and monime's typed
     errors (MonimeTimeout, MonimeUnavailable, MonimeRejected) when Monime made no session;
     submitting the same order again retries under the same key."""
-    with transaction():
-        order = orders.place(draft)
-        if order.fingerprint != orders.fingerprint(draft):
-            raise OrderConflict(f"Order {order.id!r} was already submitted with different content.")
-        _refuse_if_paid(order)
-        if order.status in orders.FINAL_UNPAID:
-            order = orders.start_new_attempt(order)
-        session = orders.current_session(order)
+    order, session = atomic(lambda: _placed(draft), idempotent=True)  # run again if the connection was lost
     # the order and its Idempotency-Key are stored before Monime is called
     if session is not None:
         return Checkout(order.id, session.id, session.redirect_url, created=False)
@@ -73,6 +66,19 @@ def start(draft: dict) -> Checkout:
     if session is None:  # a newer attempt has begun and not recorded its session yet
         return Checkout(order.id, made_id, made_url, created=False)
     return Checkout(order.id, session.id, session.redirect_url, created=False)
+
+
+def _placed(draft: dict) -> tuple[Order, CheckoutSession | None]:
+    """`start`'s first unit of work: the order stored for `draft`, on a new attempt if it had ended
+    unpaid, and its current session (None: Monime is to be asked). Running it twice changes nothing
+    more than once. Raises OrderConflict, OrderAlreadyPaid."""
+    order = orders.place(draft)
+    if order.fingerprint != orders.fingerprint(draft):
+        raise OrderConflict(f"Order {order.id!r} was already submitted with different content.")
+    _refuse_if_paid(order)
+    if order.status in orders.FINAL_UNPAID:
+        order = orders.start_new_attempt(order)
+    return order, orders.current_session(order)
 
 
 def session_request(order: Order) -> dict:
