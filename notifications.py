@@ -41,7 +41,7 @@ from standardwebhooks.webhooks import Webhook
 
 import monime
 from metrics import NOTIFICATION_DELIVERIES
-from models import Notification, NotificationStatus, Order, db, transaction, utcnow
+from models import Notification, NotificationStatus, Order, atomic, db, transaction, utcnow
 from schemas import OrderSchema, UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,9 @@ def _due(now: datetime, *wanted):
 
 def anything_due() -> bool:
     """Whether a notification is due and unclaimed, read without the write lock (models.read_only),
-    so an idle relay's polling never queues SQLite's writers. Ends its transaction."""
-    with transaction(only_reads=True):
-        return db.session.execute(_due(utcnow(), columns.id).limit(1)).first() is not None
+    so an idle relay's polling never queues SQLite's writers; read again if the connection was
+    lost (models.atomic), so a dropped connection costs the relay no ERROR_WAIT. Ends its transaction."""
+    return atomic(lambda: db.session.execute(_due(utcnow(), columns.id).limit(1)).first() is not None, only_reads=True)
 
 
 def claim(limit: int, lease: float) -> list[Claimed]:

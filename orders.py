@@ -10,19 +10,21 @@
 For one session a status only moves up pending < expired < cancelled <
 completed, so the order ends the same whatever order the news arrives in.
 
-Every change is a single conditional UPDATE ... WHERE whose row count says
-whether it happened, so two workers can never both apply a transition, and a
-late, repeated or reordered report can never undo one. What a session report
-asks for is TRANSITIONS: the values it sets and the conditions the order's row
-must meet, compiled into that UPDATE whether `apply` runs it on its own or the
-webhook runs it inside the one statement that also stores the event
-(events.py); `judge` says what came of it either way. Callers commit, each
-flow in its own unit of work (models.transaction, models.atomic).
+Every change is a single conditional UPDATE ... WHERE ... RETURNING whose
+returned row (or none) says whether it happened, so two workers can never
+both apply a transition, and a late, repeated or reordered report can never
+undo one. What a session report asks for is TRANSITIONS: the values it sets
+and the conditions the order's row must meet, compiled into that UPDATE
+whether `apply` runs it on its own or the webhook runs it inside the one
+statement that also stores the event (events.py); `judge` says what came of
+it either way. Callers commit, each flow in its own unit of work
+(models.transaction, models.atomic).
 
 A change to completed, cancelled or expired, and a hold for review, also
-writes an order notification (notifications.enqueue) in the same transaction,
-right where its UPDATE succeeded: the shop hears of every change exactly when
-it is committed.
+writes an order notification in the same transaction, right where its UPDATE
+succeeded (notifications.enqueue; for the webhook's statement, the write
+`settle` hands back to go with the event's outcome): the shop hears of every
+change exactly when it is committed.
 """
 
 import hashlib
