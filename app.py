@@ -49,13 +49,13 @@ def _create_app(config: dict | None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             f"sqlite:///{os.path.join(app.instance_path, 'monime-checkout.sqlite3')}"
         )
-    # pre-ping: recover from a database restart; pool + overflow as large as a worker's threads
-    # (DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW); hide_parameters: an error in the log never
-    # shows an order's or an event's content
+    # No pre-ping (a round trip per transaction): a flow recovers from a dropped connection by
+    # running its unit of work again (models.atomic). Pool + overflow as large as a worker's
+    # threads (DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW); hide_parameters: an error in the log
+    # never shows an order's or an event's content
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
         {
-            "pool_pre_ping": True,
             "pool_size": app.config["DATABASE_POOL_SIZE"],
             "max_overflow": app.config["DATABASE_MAX_OVERFLOW"],
             "hide_parameters": True,

@@ -13,7 +13,7 @@ from flask import current_app
 
 import monime
 import orders
-from models import Status, transaction
+from models import Status, atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +59,18 @@ def start(draft: dict) -> Checkout:
 
 def _start(draft: dict) -> Checkout:
     """`start`'s flow, with the slot held."""
-    with transaction():
-        order = orders.place(draft)
-        if order.fingerprint != orders.fingerprint(draft):
-            raise OrderConflict(f"Order {order.id!r} was already submitted with different content.")
-        _refuse_if_paid(order)
-        if order.status in orders.FINAL_UNPAID:
-            order = orders.start_new_attempt(order)
+    order = atomic(lambda: _placed(draft), idempotent=True)  # run again if the connection was lost
     # the order and its Idempotency-Key are stored before Monime is called
     if order.session_id is not None:
         return Checkout(order.id, order.session_id, order.redirect_url, created=False)
 
     made = monime.client().create_session(session_request(order), order.idempotency_key)
     made_id, made_url = made["id"], made.get("redirectUrl")
-    with transaction():
-        recorded = orders.record_session(order, made_id, made_url)
-        if not recorded:
-            # While Monime answered, a concurrent request recorded a session, or a late
-            # completion of an earlier session paid the order: never hand out a second one.
-            order = orders.for_checkout(order.id)
+    recorded = atomic(lambda: orders.record_session(order, made_id, made_url), idempotent=True)
+    if not recorded:
+        # While Monime answered, a concurrent request recorded a session, or a late
+        # completion of an earlier session paid the order: never hand out a second one.
+        order = atomic(lambda: orders.for_checkout(order.id), only_reads=True)
     if recorded:
         log.info("checkout session created", extra={"data": {"sessionId": made_id}})
         return Checkout(order.id, made_id, made_url, created=True)
@@ -85,6 +78,20 @@ def _start(draft: dict) -> Checkout:
     if order.session_id is None:  # a newer attempt has begun and not recorded its session yet
         return Checkout(order.id, made_id, made_url, created=False)
     return Checkout(order.id, order.session_id, order.redirect_url, created=False)
+
+
+def _placed(draft: dict):
+    """`start`'s first unit of work: the order stored for `draft` (orders.for_checkout's row), on
+    a new attempt if it had ended unpaid, with its current session's id and redirect URL (None:
+    Monime is to be asked). Running it twice changes nothing more than once. Raises
+    OrderConflict, OrderAlreadyPaid."""
+    order = orders.place(draft)
+    if order.fingerprint != orders.fingerprint(draft):
+        raise OrderConflict(f"Order {order.id!r} was already submitted with different content.")
+    _refuse_if_paid(order)
+    if order.status in orders.FINAL_UNPAID:
+        order = orders.start_new_attempt(order)
+    return order
 
 
 def session_request(order) -> dict:

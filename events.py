@@ -10,9 +10,12 @@ transaction is held open while Monime is being asked.
 import hashlib
 import logging
 from dataclasses import dataclass, replace
+from functools import cache
 
 from marshmallow import ValidationError
-from sqlalchemy import or_, select, update
+from sqlalchemy import Insert, bindparam, case, exists, false, literal_column, or_, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
 
 import logs
 import monime
@@ -25,8 +28,10 @@ from models import (
     Status,
     WebhookEvent,
     WebhookEventVariant,
+    atomic,
     db,
     insert_unless_exists,
+    together,
     transaction,
     utcnow,
 )
@@ -50,11 +55,13 @@ class VerificationUnavailable(Exception):
 @dataclass(frozen=True)
 class Receipt:
     """What became of one delivery: `duplicate` when its event id was stored
-    already; then `outcome` is None (same body) or HELD (a different body)."""
+    already; then `outcome` is None (same body) or HELD (a different body).
+    `order_id`: the order the event concerned, when processing found one."""
 
     event_id: str
     outcome: str | None
     duplicate: bool = False
+    order_id: str | None = None
 
 
 EVENT_SCHEMA = WebhookEventSchema()  # built once: a fresh schema costs ~5x the load itself (nested schemas)
@@ -70,8 +77,8 @@ def parse(payload: object) -> dict:
 def replay(event_id: str) -> Receipt | None:
     """Run a stored event through `receive` again: a failed one is processed,
     a processed one changes nothing. None when no such event is stored."""
-    with transaction():
-        body = db.session.scalar(select(WebhookEvent.body).where(WebhookEvent.id == event_id))
+    query = select(WebhookEvent.body).where(WebhookEvent.id == event_id)
+    body = atomic(lambda: db.session.scalar(query), idempotent=True)
     if body is None:
         return None
     return receive(body, parse(load_json(body)))  # verified when it was received
@@ -111,9 +118,8 @@ def receive(body: str, envelope: dict) -> Receipt:
     event_id, name = envelope["event"]["id"], envelope["event"]["name"]
     report = _report_from(envelope)
     if report and report.session_id and report.status == Status.COMPLETED and not (report.amount or report.problem):
-        with transaction():
-            settled = _settled(event_id, body)  # Monime is not asked about an event already processed
-            order = None if settled else orders.find(report)[0]
+        # Monime is not asked about an event already processed
+        settled, order = atomic(lambda: _settled_or_order(event_id, body, report), idempotent=True)
         if settled:
             return _repeat(event_id, body, report)
         if order is not None:
@@ -200,31 +206,173 @@ def _amount(session: dict) -> tuple[tuple[str, int] | None, str | None]:
 
 
 def _process(event_id, name, body, report) -> Receipt:
-    """Store the event and apply its report to its order, in one transaction; a delivery of
-    an event id stored already is a repeat (`_repeat`)."""
-    with transaction():
-        claimed = _claim(event_id, name, body, report)
-        if claimed:
-            order, by_reference = orders.find(report) if report and report.session_id else (None, False)
-            if report is None:
-                outcome, detail = Outcome.IGNORED, f"{name} is not acted on"
-            elif order is None:
-                outcome, detail = Outcome.UNMATCHED, f"no order knows session {report.session_id or '(none)'}"
-            else:
-                outcome, detail = orders.apply(order, report, event_id, by_reference)
-            db.session.execute(
-                update(events_table)
-                .where(events_table.c.id == event_id)
-                .values(
-                    outcome=outcome, detail=detail and detail[:255], order_id=order and order.id, processed_at=utcnow()
-                )
-            )
-    if not claimed:
+    """Store the event and apply its report to its order, as one unit of work (`_store_and_apply`,
+    run again by models.atomic if the database connection was lost: the event id makes a second
+    run of committed work a duplicate); a delivery of an event id stored already is a repeat
+    (`_repeat`)."""
+    receipt = atomic(lambda: _store_and_apply(event_id, name, body, report), idempotent=True)
+    if receipt is None:
         return _repeat(event_id, body, report)
-    logs.bind(orderId=order and order.id)
-    data = {"event": name, "outcome": outcome, "orderNumber": report and report.order_number}
-    log.info("webhook event processed", extra={"data": data})
-    return Receipt(event_id, outcome)
+    if not receipt.duplicate:
+        logs.bind(orderId=receipt.order_id)
+        data = {"event": name, "outcome": receipt.outcome, "orderNumber": report and report.order_number}
+        log.info("webhook event processed", extra={"data": data})
+    return receipt
+
+
+EVENT_ID, EVENT_BODY = bindparam("event_id"), bindparam("event_body")
+# What processing the event did: its outcome, recorded in the transaction that did it.
+RECORD = (
+    update(events_table)
+    .where(events_table.c.id == EVENT_ID)
+    .values(
+        outcome=bindparam("event_outcome"),
+        detail=bindparam("event_detail"),
+        order_id=bindparam("event_order_id"),
+        processed_at=orders.NOW,
+    )
+)
+# The event as stored already: what became of it, and whether this delivery's body is the stored one.
+PRIOR = select(events_table.c.outcome, (events_table.c.body == EVENT_BODY).label("same_body")).where(
+    events_table.c.id == EVENT_ID
+)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What storing an event and applying its report's transition did (`_store`)."""
+
+    claimed: bool  # the event was stored by this delivery; else its id was stored already
+    prior_outcome: str | None  # when not claimed: the stored event's outcome, if it was seen
+    same_body: bool | None  # ... and whether it has this delivery's body
+    order: Row | None  # the session's order (orders.SHOWN): as changed, else as read
+    changed: bool  # the transition changed the order
+    raced: bool  # the order met the transition's conditions as read, yet the UPDATE changed nothing
+
+
+def _store_and_apply(event_id, name, body, report) -> Receipt | None:
+    """The webhook's unit of work: store the event (once per id) and apply its report, then record
+    the outcome. None when the event id is stored already and this is not a plain duplicate.
+
+    The common cases (a completion, cancellation or expiry of a known session; a duplicate) take
+    at most two statements on Postgres: `_store` (event, transition and the order's row at once)
+    and RECORD with the change's notification (models.together). The rare ones (by reference,
+    unmatched, a failed event taken back, a race with another change) go through orders.find and
+    orders.apply, as replays do."""
+    now = utcnow()
+    session_id = report and report.session_id or None
+    event = {"event_id": event_id, "event_name": name, "event_body": body, "event_session_id": session_id, "now": now}
+    stored = _store(event | (orders.parameters(report) if report else {}), report)
+    if not stored.claimed:
+        if stored.same_body and stored.prior_outcome != Outcome.FAILED:
+            return Receipt(event_id, None, duplicate=True)
+        if stored.same_body is False or not _retake(event_id, body):
+            return None  # another body, or stored meanwhile: a repeat
+    writes, order = [], stored.order
+    if report is None:
+        outcome, detail = Outcome.IGNORED, f"{name} is not acted on"
+    elif stored.claimed and order is not None and not stored.raced:
+        outcome, detail, writes = orders.settle(report, order, stored.changed, event_id)
+    else:
+        order, by_reference = orders.find(report) if report.session_id else (None, False)
+        if order is None:
+            outcome, detail = Outcome.UNMATCHED, f"no order knows session {report.session_id or '(none)'}"
+        else:
+            outcome, detail = orders.apply(order, report, event_id, by_reference)
+    order_id = order and order.id
+    recorded = {"event_outcome": outcome, "event_detail": detail and detail[:255], "event_order_id": order_id}
+    together(*writes, (RECORD, {"event_id": event_id, "now": now} | recorded))
+    return Receipt(event_id, outcome, order_id=order_id)
+
+
+def _store(values: dict, report: SessionReport | None) -> Stored:
+    """Store the event (values: event_id, event_name, event_body, event_session_id, now) unless its
+    id is stored, and, when it was stored, make the transition its report asks of the session's
+    order (orders.changing; values: orders.parameters too). On Postgres in one statement, whose
+    data-modifying CTEs insert the event and, only if they did, update the order; elsewhere
+    (SQLite, whose writers hold the write lock) statement by statement."""
+    looks_up = bool(report and report.session_id)
+    status = report.status if looks_up and orders.transition(report) else None  # the transition's
+    if db.session.get_bind().dialect.name == "postgresql":
+        row = db.session.execute(_one_statement(status, looks_up), values).one()
+        order = row if row.id is not None else None
+        raced = bool(order and not row.changed and row.eligible)
+        return Stored(row.claimed, row.prior_outcome, row.prior_same_body, order, bool(row.changed), raced)
+    claim, changing, reading = _statements(status)
+    if db.session.execute(claim, values).first() is None:
+        prior = db.session.execute(PRIOR, values).first()
+        return Stored(False, prior and prior.outcome, prior and prior.same_body, None, False, False)
+    changed = changing is not None and db.session.execute(changing, values).first()
+    order = changed or (db.session.execute(reading, values).first() if looks_up else None)
+    return Stored(True, None, None, order, bool(changed), False)
+
+
+def _claiming(dialect) -> Insert:
+    """INSERT the event as failed (until RECORD says otherwise) unless its id is stored, RETURNING its id."""
+    row = dict(
+        id=EVENT_ID,
+        name=bindparam("event_name"),
+        session_id=bindparam("event_session_id"),
+        body=EVENT_BODY,
+        outcome=Outcome.FAILED,
+        attempts=1,
+        received_at=orders.NOW,
+        processed_at=orders.NOW,
+    )
+    return dialect.insert(events_table).values(**row).on_conflict_do_nothing().returning(events_table.c.id)
+
+
+@cache
+def _statements(status: str | None) -> tuple:
+    """SQLite's statements for `_store`, built once per transition (`status`, None for none): the
+    claim, the transition's UPDATE (None without one) and the read of the session's order."""
+    change = orders.TRANSITIONS[status] if status else None
+    by_session = orders.columns.id == orders.SESSION_ORDER
+    changing = change and orders.changing(change, by_session)
+    return _claiming(sqlite), changing, select(*orders.SHOWN).where(by_session)
+
+
+@cache
+def _one_statement(status: str | None, looks_up: bool):
+    """Postgres' single statement for `_store`, built once per kind of report: one row of claimed,
+    prior_outcome and prior_same_body (the stored event, as the statement's snapshot saw it), and
+    when `looks_up`, the session's order's columns (as changed, else as read), changed, eligible."""
+    claimed = _claiming(postgresql).cte("claimed")
+    was_claimed = exists(select(claimed.c.id))
+    prior = events_table.alias("prior")
+    anchor = select(literal_column("1").label("one")).subquery("anchor")
+    source = anchor.outerjoin(prior, prior.c.id == EVENT_ID)
+    wanted = [
+        was_claimed.label("claimed"),
+        prior.c.outcome.label("prior_outcome"),
+        (prior.c.body == EVENT_BODY).label("prior_same_body"),
+    ]
+    if looks_up:
+        by_session = orders.columns.id == orders.SESSION_ORDER
+        source = source.outerjoin(orders.table, by_session)
+        if status:
+            change = orders.TRANSITIONS[status]
+            changed = orders.changing(change, by_session, was_claimed).cte("changed")
+            source = source.outerjoin(changed, true())
+            made = changed.c.id.is_not(None)
+            wanted += [case((made, changed.c[c.name]), else_=c).label(c.name) for c in orders.SHOWN]
+            wanted += [made.label("changed"), orders.eligible(change).label("eligible")]
+        else:
+            wanted += [*orders.SHOWN, false().label("changed"), false().label("eligible")]
+    else:
+        wanted += [literal_column("NULL").label("id"), false().label("changed"), false().label("eligible")]
+    return select(*wanted).select_from(source)
+
+
+def _retake(event_id: str, body: str) -> bool:
+    """Take back a stored event whose processing failed, if this delivery has its body (counted in
+    its attempts): True when it is to be processed now."""
+    retried = db.session.execute(
+        update(events_table)
+        .where(events_table.c.id == event_id, events_table.c.outcome == Outcome.FAILED, events_table.c.body == body)
+        .values(attempts=events_table.c.attempts + 1)
+    )
+    return retried.rowcount == 1
 
 
 def _claim(event_id, name, body, report) -> bool:
@@ -234,12 +382,7 @@ def _claim(event_id, name, body, report) -> bool:
     values = dict(name=name, body=body, session_id=report and report.session_id or None)
     if insert_unless_exists(WebhookEvent, id=event_id, outcome=Outcome.FAILED, received_at=utcnow(), **values):
         return True
-    retried = db.session.execute(
-        update(events_table)
-        .where(events_table.c.id == event_id, events_table.c.outcome == Outcome.FAILED, events_table.c.body == body)
-        .values(attempts=events_table.c.attempts + 1)
-    )
-    return retried.rowcount == 1
+    return _retake(event_id, body)
 
 
 def _store_failure(event_id, name, body, report, detail) -> None:
@@ -251,6 +394,13 @@ def _store_failure(event_id, name, body, report, detail) -> None:
                 .where(events_table.c.id == event_id)
                 .values(detail=detail[:255], processed_at=utcnow())
             )
+
+
+def _settled_or_order(event_id: str, body: str, report: SessionReport) -> tuple[bool, Order | None]:
+    """Whether the event is `_settled`, and if not, the order its report is about (orders.find)."""
+    if _settled(event_id, body):
+        return True, None
+    return False, orders.find(report)[0]
 
 
 def _settled(event_id: str, body: str) -> bool:

@@ -3,21 +3,28 @@ every verified webhook event, stored raw with what became of it (and any
 other body later delivered under the same event id)."""
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
+from typing import TypeVar
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, ForeignKey, Index, String, Text, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import Result
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.dml import UpdateBase
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Base(DeclarativeBase):
@@ -241,7 +248,7 @@ def read_only() -> None:
 @contextmanager
 def transaction(*, only_reads: bool = False, dry_run: bool = False) -> Iterator[None]:
     """One unit of work of a flow: `with transaction(): ...` commits what the block did when it
-    ends (a `return` inside it too) and rolls it back when it raises (the error goes on). With
+    ends (a `return` inside it too) and rolls it back when it or the commit raises (the error goes on). With
     `only_reads`, the block only reads and begins as `read_only()` does; with `dry_run`, it is
     rolled back even when it succeeds. Every flow (checkout.py, events.py, sync.py, the relay
     in notifications.py, the resolve views and commands) commits only through this, and calls
@@ -251,13 +258,71 @@ def transaction(*, only_reads: bool = False, dry_run: bool = False) -> Iterator[
         read_only()
     try:
         yield
-    except BaseException:
+        if not dry_run:
+            db.session.commit()
+    except BaseException:  # the block's error, or the commit's (the session is left usable either way)
         db.session.rollback()
         raise
     if dry_run:
         db.session.rollback()
-    else:
-        db.session.commit()
+
+
+def atomic(work: Callable[[], T], *, idempotent: bool = False, only_reads: bool = False) -> T:
+    """Run `work()` as one unit of work, inside `transaction(only_reads=...)`, and return what it
+    returns; run it once more, on a new connection, when the database connection turns out to
+    have been dropped (a DBAPIError whose `connection_invalidated` is true: the server restarted,
+    or ended an idle pooled connection). The pool is not pinged before every transaction: a
+    dropped connection costs this one retry instead of a round trip per transaction.
+
+    A connection lost before COMMIT was sent rolled everything back: the second run starts from
+    nothing. One lost during COMMIT leaves the outcome unknown (the server may have committed),
+    so the work runs again only when it is `idempotent` (a second run of committed work changes
+    nothing, as the webhook's, by event id) or `only_reads`; otherwise the error goes on (503).
+    `work` may run twice: it must do nothing outside the database until it returns.
+
+    Raises what `work` raises, and sqlalchemy.exc.SQLAlchemyError when the database fails
+    (a second lost connection, any other database error: never retried)."""
+    committing = False
+
+    def attempt() -> T:
+        nonlocal committing
+        committing = False
+        with transaction(only_reads=only_reads):
+            result = work()
+            committing = True  # the block ends here: transaction() commits next
+        return result
+
+    try:
+        return attempt()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated or (committing and not (idempotent or only_reads)):
+            raise
+        data = {"during": "commit" if committing else "work", "error": type(exc.orig).__name__}
+        log.warning("database connection lost; running the unit of work again", extra={"data": data})
+    return attempt()
+
+
+def together(*writes: tuple[UpdateBase, dict]) -> Result:
+    """Execute `writes`, (statement, parameters) pairs of INSERT, UPDATE or DELETE statements,
+    in the current transaction, and return the last one's result. On Postgres that is one round
+    trip: the others run as data-modifying CTEs of the last (WITH w0 AS (INSERT ...) UPDATE ...),
+    so they must not depend on each other's effects (they all see the same snapshot) and their
+    parameter names must differ. Elsewhere (SQLite) they run one after another, in order."""
+    *first, (last, parameters) = writes
+    if not first or db.session.get_bind().dialect.name != "postgresql":
+        for statement, values in first:
+            db.session.execute(statement, values)
+        return db.session.execute(last, parameters)
+    merged = dict(parameters)
+    for _, values in first:
+        merged.update(values)
+    return db.session.execute(_with_writes(last, tuple(statement for statement, _ in first)), merged)
+
+
+@cache
+def _with_writes(last: UpdateBase, first: tuple[UpdateBase, ...]) -> UpdateBase:
+    """`last` with `first` as its data-modifying CTEs: built (and so compiled) once per combination."""
+    return last.add_cte(*(statement.cte(f"w{number}") for number, statement in enumerate(first)))
 
 
 class TransactionOpen(AssertionError):

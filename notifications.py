@@ -30,17 +30,18 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import requests
 from flask import Flask, current_app
-from sqlalchemy import event, insert, or_, select, update
+from sqlalchemy import Insert, bindparam, event, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
 import monime
 from metrics import NOTIFICATION_DELIVERIES
-from models import Notification, NotificationStatus, Order, db, transaction, utcnow
+from models import Notification, NotificationStatus, Order, atomic, db, transaction, utcnow
 from schemas import OrderSchema, UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -56,32 +57,55 @@ _ENQUEUED = "notifications_enqueued"  # in Session.info until its transaction en
 _STARTED = threading.Lock()
 
 
-def enqueue(order_id: str, kind: str) -> str | None:
-    """Write the notification `kind` ("order.completed", "order.held", …) about the order, in
-    the caller's transaction, which must hold the change: the order is read back in it and
-    dumped as GET /api/orders/<id> shows it. Returns the notification id ("msg_…"), or None
+def enqueue(order, kind: str) -> str | None:
+    """Write the notification `kind` ("order.completed", "order.held", …) about `order`, the Core
+    Row of the orders table as the caller's transaction changed it (an UPDATE's RETURNING), in that
+    transaction (`notification`, executed now). Returns the notification id ("msg_…"), or None
     when NOTIFY_URL is not set (nothing is written). The caller commits."""
+    written = notification(order, kind)
+    if written is None:
+        return None
+    db.session.execute(*written)
+    return written[1]["notification_id"]
+
+
+# The outbox row, built once: its values are bound when it is executed (`notification`).
+WRITE = insert(table).values(
+    id=bindparam("notification_id"),
+    type=bindparam("notification_type"),
+    order_id=bindparam("notification_order_id"),
+    body=bindparam("notification_body"),
+    status=NotificationStatus.PENDING,
+    attempts=0,
+    created_at=bindparam("notification_created_at"),
+    next_attempt_at=bindparam("notification_due_at"),
+    retry_until=bindparam("notification_retry_until"),
+)
+ORDER_SCHEMA = OrderSchema()  # built once: a schema with nested ones costs more to build than to dump
+
+
+def notification(order, kind: str) -> tuple[Insert, dict] | None:
+    """The outbox row announcing `kind` about `order` (a Core Row holding the orders table's
+    columns OrderSchema shows, orders.SHOWN, as changed), as (statement, parameters) for the caller to
+    execute in the transaction that holds the change, e.g. with models.together; None when
+    NOTIFY_URL is not set. The body shows the order as GET /api/orders/<id> does (OrderSchema)."""
     config = current_app.config
     if not config["NOTIFY_URL"]:
         return None
-    order = db.session.get(Order, order_id, populate_existing=True)
     now, notification_id = utcnow(), f"msg_{uuid.uuid4().hex}"
-    body = {"type": kind, "id": notification_id, "createdAt": _timestamp(now), "order": OrderSchema().dump(order)}
-    db.session.execute(
-        insert(table).values(
-            id=notification_id,
-            type=kind,
-            order_id=order_id,
-            body=json.dumps(body, separators=(",", ":")),
-            status=NotificationStatus.PENDING,
-            attempts=0,
-            created_at=now,
-            next_attempt_at=now,
-            retry_until=now + timedelta(seconds=config["NOTIFY_RETRY_FOR"]),
-        )
-    )
-    db.session.info[_ENQUEUED] = True
-    return notification_id
+    shown = SimpleNamespace(**order._mapping)  # Order's properties, on the row
+    shown.money, shown.review = Order.money.fget(shown), Order.review.fget(shown)
+    body = {"type": kind, "id": notification_id, "createdAt": _timestamp(now), "order": ORDER_SCHEMA.dump(shown)}
+    db.session.info[_ENQUEUED] = True  # wake the relay after the commit (forgotten on a rollback)
+    return WRITE, {
+        "notification_id": notification_id,
+        "notification_type": kind,
+        "notification_order_id": order.id,
+        "notification_body": json.dumps(body, separators=(",", ":")),
+        "notification_created_at": now,
+        "notification_due_at": now,
+        "notification_retry_until": now + timedelta(seconds=config["NOTIFY_RETRY_FOR"]),
+    }
 
 
 def _timestamp(moment: datetime) -> str:
@@ -122,9 +146,9 @@ def _due(now: datetime, *wanted):
 
 def anything_due() -> bool:
     """Whether a notification is due and unclaimed, read without the write lock (models.read_only),
-    so an idle relay's polling never queues SQLite's writers. Ends its transaction."""
-    with transaction(only_reads=True):
-        return db.session.execute(_due(utcnow(), columns.id).limit(1)).first() is not None
+    so an idle relay's polling never queues SQLite's writers; read again if the connection was
+    lost (models.atomic), so a dropped connection costs the relay no ERROR_WAIT. Ends its transaction."""
+    return atomic(lambda: db.session.execute(_due(utcnow(), columns.id).limit(1)).first() is not None, only_reads=True)
 
 
 def claim(limit: int, lease: float) -> list[Claimed]:

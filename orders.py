@@ -10,15 +10,21 @@
 For one session a status only moves up pending < expired < cancelled <
 completed, so the order ends the same whatever order the news arrives in.
 
-Every change is a single conditional UPDATE ... WHERE whose row count says
-whether it happened, so two workers can never both apply a transition, and a
-late, repeated or reordered report can never undo one. Callers commit, each
-flow in its own unit of work (models.transaction).
+Every change is a single conditional UPDATE ... WHERE ... RETURNING whose
+returned row (or none) says whether it happened, so two workers can never
+both apply a transition, and a late, repeated or reordered report can never
+undo one. What a session report asks for is TRANSITIONS: the values it sets
+and the conditions the order's row must meet, compiled into that UPDATE
+whether `apply` runs it on its own or the webhook runs it inside the one
+statement that also stores the event (events.py); `judge` says what came of
+it either way. Callers commit, each flow in its own unit of work
+(models.transaction, models.atomic).
 
 A change to completed, cancelled or expired, and a hold for review, also
-writes an order notification (notifications.enqueue) in the same transaction,
-right where its UPDATE succeeded: the shop hears of every change exactly when
-it is committed.
+writes an order notification in the same transaction, right where its UPDATE
+succeeded (notifications.enqueue; for the webhook's statement, the write
+`settle` hands back to go with the event's outcome): the shop hears of every
+change exactly when it is committed.
 """
 
 import hashlib
@@ -30,7 +36,7 @@ from datetime import UTC, timedelta
 from functools import cache
 from types import SimpleNamespace
 
-from sqlalchemy import Row, bindparam, null, or_, select, update
+from sqlalchemy import Row, Update, and_, bindparam, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 import notifications
@@ -47,10 +53,63 @@ from models import (
 
 ORDER_ID = re.compile(ORDER_ID_PATTERN)
 # Changes are Core statements on the table: the rules need no ORM bookkeeping, and they are the hot path.
-columns = Order.__table__.c
+table = Order.__table__
+columns = table.c
 FINAL_UNPAID = (Status.CANCELLED, Status.EXPIRED)
-# What each unpaid ending may replace, for the order's current session.
-ENDS = {Status.EXPIRED: (Status.PENDING,), Status.CANCELLED: (Status.PENDING, Status.EXPIRED)}
+
+# What a report brings to the statements below, bound when they are executed (`parameters`),
+# so each statement is built and compiled once. No name is a column's: SQLAlchemy would take a
+# parameter named like a column as a value to set.
+SESSION, CURRENCY, AMOUNT, ORDER_NUMBER, NOW = map(
+    bindparam, ("report_session", "report_currency", "report_amount", "report_order_number", "now")
+)
+# The order a session (SESSION) was made for: its current session or an earlier one.
+SESSION_ORDER = (
+    select(CheckoutSession.__table__.c.order_id).where(CheckoutSession.__table__.c.id == SESSION).scalar_subquery()
+)
+
+
+# What a change returns of the order: what `judge` reads and an order notification shows (OrderSchema).
+SHOWN = tuple(
+    columns[name]
+    for name in (
+        *("id", "status", "currency", "amount", "checkout_session_id", "monime_order_number", "name", "line_items"),
+        *("review_reason", "review_event_id", "created_at", "updated_at"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change a session report asks of its order: the `values` it sets, when the order's row
+    meets `conditions` (SQL on the orders table), announced by the notification `notify`."""
+
+    values: dict
+    conditions: tuple
+    notify: str
+
+
+# The rules, by the status Monime reports for one of the order's sessions.
+TRANSITIONS = {
+    # Money was taken: completion wins over pending, cancelled and expired, when the amount is
+    # the order's. The paying session and its orderNumber are kept; a later payment replaces neither.
+    Status.COMPLETED: Transition(
+        {"status": Status.COMPLETED, "checkout_session_id": SESSION, "monime_order_number": ORDER_NUMBER},
+        (columns.status != Status.COMPLETED, columns.currency == CURRENCY, columns.amount == AMOUNT),
+        "order.completed",
+    ),
+    # The order's current session only; the shopper's act outranks the clock.
+    Status.CANCELLED: Transition(
+        {"status": Status.CANCELLED},
+        (columns.status.in_((Status.PENDING, Status.EXPIRED)), columns.checkout_session_id == SESSION),
+        "order.cancelled",
+    ),
+    Status.EXPIRED: Transition(
+        {"status": Status.EXPIRED},
+        (columns.status == Status.PENDING, columns.checkout_session_id == SESSION),
+        "order.expired",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -239,6 +298,39 @@ def by_session(session_id: str) -> Order | None:
     return db.session.scalars(select(Order).join(CheckoutSession).where(CheckoutSession.id == session_id)).first()
 
 
+def transition(report: SessionReport) -> Transition | None:
+    """The change `report` asks of its order (TRANSITIONS); None when it asks for none: a status
+    that changes nothing (pending), or a completion whose amount cannot be trusted (`judge` holds
+    the order)."""
+    if report.status == Status.COMPLETED and (report.problem or report.amount is None):
+        return None
+    return TRANSITIONS.get(report.status)
+
+
+def parameters(report: SessionReport) -> dict:
+    """The values `report` binds in the statements built from TRANSITIONS (and SESSION_ORDER)."""
+    currency, amount = report.amount or (None, None)
+    return {
+        "report_session": report.session_id,
+        "report_currency": currency,
+        "report_amount": amount,
+        "report_order_number": report.order_number,
+    }
+
+
+def changing(change: Transition, *conditions) -> Update:
+    """The UPDATE making `change` to the order that holds when `conditions` hold too (one of them
+    picks the order: columns.id == <its id>, or == SESSION_ORDER), RETURNING the order's row as
+    changed (its SHOWN columns). Executed with `parameters(report)` and NOW (the time of the change)."""
+    statement = update(table).where(*conditions, *change.conditions).values(**change.values, updated_at=NOW)
+    return statement.returning(*SHOWN)
+
+
+def eligible(change: Transition):
+    """A SQL truth value: the order's row (the orders table) meets `change`'s conditions."""
+    return and_(*change.conditions)
+
+
 def find(report: SessionReport) -> tuple[Order | None, bool]:
     """The order a session belongs to, and whether it was found by reference:
     by session id (current or earlier session) first, else by the reference
@@ -256,52 +348,61 @@ def find(report: SessionReport) -> tuple[Order | None, bool]:
 def apply(
     order: Order, report: SessionReport, event_id: str | None = None, by_reference: bool = False
 ) -> tuple[Outcome, str | None]:
-    """Apply what Monime says about one of the order's sessions. An order found
-    by reference first takes the session as its own: it was made, never recorded."""
+    """Apply what Monime says about one of the order's sessions (`transition`), and say what came
+    of it (`judge`): (outcome, detail). An order found by reference first takes the session as its
+    own: it was made, never recorded."""
     if by_reference:
         record_session(order, report.session_id, None)
-    if report.status == Status.COMPLETED:
-        return _complete(order, report, event_id)
-    if report.status in ENDS:
-        ended = _change(
-            order,
-            {"status": report.status},
-            columns.status.in_(ENDS[report.status]),
-            columns.checkout_session_id == report.session_id,
-            notify=f"order.{report.status}",
-        )
-        if ended:
+    change = transition(report)
+    if change is not None:
+        statement = changing(change, columns.id == order.id)
+        changed = db.session.execute(statement, parameters(report) | {"now": utcnow()}).first()
+        if changed is not None:
+            notifications.enqueue(changed, change.notify)
             return Outcome.APPLIED, None
+    return judge(report, current(order.id), event_id)
+
+
+def settle(report: SessionReport, order: Row, changed: bool, event_id: str) -> tuple[Outcome, str | None, list]:
+    """What a statement that ran `changing(transition(report), ...)` (the webhook's, events.py) did
+    to the order: (outcome, detail, writes). `order` is its row as changed, else as read (a row
+    not read before a concurrent change is the caller's to apply again with `apply`). `writes`
+    ((statement, parameters) pairs) go into the same transaction: the change's notification
+    (notifications.notification), for the caller to execute with its own (models.together)."""
+    if changed:
+        written = notifications.notification(order, transition(report).notify)
+        return Outcome.APPLIED, None, [written] if written else []
+    return *judge(report, order, event_id), []
+
+
+def current(order_id: str) -> Row:
+    """The order's row as it is now (its SHOWN columns; Core, no ORM object)."""
+    return db.session.execute(select(*SHOWN).where(columns.id == order_id)).one()
+
+
+def judge(report: SessionReport, order, event_id: str | None) -> tuple[Outcome, str | None]:
+    """What a report whose transition did not change the order (or that asks for none) comes to:
+    (outcome, detail). `order` is its row as it is after the attempt (anything with the orders
+    table's columns as attributes). A completion that cannot be trusted, is not of the order's
+    amount, or pays an order another session paid holds the order for a person (`hold`); late
+    or repeated news is UNCHANGED."""
+    if report.status == Status.COMPLETED:
+        if report.problem:
+            return hold(order, report.problem, event_id)
+        expected = (order.currency, order.amount)
+        if report.amount != expected:
+            reason = f"amount mismatch: Monime reports {_money(report.amount)}, the order is {_money(expected)}"
+            return hold(order, reason, event_id)
+        if order.checkout_session_id == report.session_id:
+            return Outcome.UNCHANGED, "already completed"
+        paid_by = order.checkout_session_id
+        return hold(order, f"possible double payment: session {report.session_id} completed after {paid_by}", event_id)
+    if report.status in TRANSITIONS:
         return (
             Outcome.UNCHANGED,
-            f"{report.status} changes nothing: the order is {reread(order.id).status} or has a newer session",
+            f"{report.status} changes nothing: the order is {order.status} or has a newer session",
         )
     return Outcome.UNCHANGED, f"session is {report.status}"
-
-
-def _complete(order: Order, report: SessionReport, event_id: str | None) -> tuple[Outcome, str | None]:
-    if report.problem:
-        return hold(order, report.problem, event_id)
-    expected = (order.currency, order.amount)
-    if report.amount != expected:
-        reason = f"amount mismatch: Monime reports {_money(report.amount)}, the order is {_money(expected)}"
-        return hold(order, reason, event_id)
-    paid = _change(
-        order,
-        {
-            "status": Status.COMPLETED,
-            "checkout_session_id": report.session_id,
-            "monime_order_number": report.order_number,  # the paying session's: a later payment never replaces it
-        },
-        columns.status != Status.COMPLETED,
-        notify="order.completed",
-    )
-    if paid:
-        return Outcome.APPLIED, None
-    paid_by = db.session.scalar(select(columns.checkout_session_id).where(columns.id == order.id))
-    if paid_by == report.session_id:
-        return Outcome.UNCHANGED, "already completed"
-    return hold(order, f"possible double payment: session {report.session_id} completed after {paid_by}", event_id)
 
 
 def lookup_due(order: Order, interval: float) -> bool:
@@ -332,9 +433,9 @@ def claim_lookup(order: Order, interval: float) -> bool:
     return db.session.execute(statement).rowcount == 1
 
 
-def hold(order: Order, reason: str, event_id: str | None) -> tuple[Outcome, str]:
-    """Keep the order as it is and flag it for a person. The first reason stays;
-    every held event keeps its own in the event log."""
+def hold(order, reason: str, event_id: str | None) -> tuple[Outcome, str]:
+    """Keep the order (an Order, or anything with its `id`) as it is and flag it for a person.
+    The first reason stays; every held event keeps its own in the event log."""
     values = {"review_reason": reason[:255], "review_event_id": event_id}
     _change(order, values, columns.review_reason.is_(None), notify="order.held")
     return Outcome.HELD, reason
@@ -407,14 +508,15 @@ def resolutions(order_id: str) -> list[OrderResolution]:
     return list(db.session.scalars(query.order_by(OrderResolution.resolved_at, OrderResolution.id)))
 
 
-def _change(order: Order, values: dict, *conditions, notify: str | None = None) -> bool:
-    """UPDATE the order with `values` where `conditions` hold; True when it changed. Then, in
-    the same transaction, the notification `notify` (e.g. "order.completed") is written."""
-    statement = update(Order.__table__).where(columns.id == order.id, *conditions).values(**values, updated_at=utcnow())
-    changed = db.session.execute(statement).rowcount == 1
-    if changed and notify:
-        notifications.enqueue(order.id, notify)
-    return changed
+def _change(order, values: dict, *conditions, notify: str | None = None) -> bool:
+    """UPDATE the order (anything with its `id`) with `values` where `conditions` hold; True when
+    it changed. Then, in the same transaction, the notification `notify` (e.g. "order.completed")
+    is written, from the row the UPDATE returned."""
+    statement = update(table).where(columns.id == order.id, *conditions).values(**values, updated_at=utcnow())
+    changed = db.session.execute(statement.returning(*SHOWN)).first()
+    if changed is not None and notify:
+        notifications.enqueue(changed, notify)
+    return changed is not None
 
 
 def _money(amount: tuple[str, int] | None) -> str:

@@ -17,7 +17,7 @@ import events
 import monime
 import orders
 from metrics import REDIRECT_LOOKUPS_SKIPPED
-from models import CheckoutSession, Order, Outcome, Status, db, transaction, utcnow
+from models import CheckoutSession, Order, Outcome, Status, atomic, db, transaction, utcnow
 from orders import SessionReport
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,10 @@ def refresh(order_id: str, dry_run: bool = False) -> Outcome | None:
     is nothing to ask; FAILED when Monime cannot be reached; HELD when Monime
     does not know the session. The lookup is monime.MonimeClient.get_session
     (within MONIME_VERIFY_TIMEOUT seconds)."""
-    with transaction():
-        order = orders.reread(order_id)
-        if order.status == Status.COMPLETED or not order.checkout_session_id:
-            return None
-        session_id, report = order.checkout_session_id, None
+    order = atomic(lambda: orders.reread(order_id), only_reads=True)  # run again if the connection was lost
+    if order.status == Status.COMPLETED or not order.checkout_session_id:
+        return None
+    session_id, report = order.checkout_session_id, None
     try:
         session = monime.client().get_session(session_id)
     except monime.MonimeNotFound:
@@ -128,8 +127,7 @@ def reconcile(older_than: timedelta, limit: int, dry_run: bool = False) -> Count
         .order_by(CheckoutSession.created_at)
         .limit(limit)
     )
-    with transaction():
-        stale_ids = db.session.scalars(stale).all()
+    stale_ids = atomic(lambda: db.session.scalars(stale).all(), only_reads=True)
     tally = Counter()
     for order_id in stale_ids:
         tally[refresh(order_id, dry_run) or Outcome.UNCHANGED] += 1

@@ -15,7 +15,7 @@ from api.errors import ApiError
 from api.guard import checkout_limit, limiter, within_redirect_lookup_limit
 from catalog import checkout_schema
 from metrics import CHECKOUTS
-from models import transaction
+from models import atomic
 
 MAX_CHECKOUT_BYTES = 64 * 1024  # the largest valid order is about 30 KiB
 # Retry-After of a checkout shed by the bulkhead (503 monime_busy), in whole seconds: a slot is
@@ -109,8 +109,8 @@ def back_from_monime(page: str):
     logs.bind(orderId=order_id or None)
     if not order_id:
         raise ApiError(400, "missing_order_id", "The orderId query parameter is required.")
-    with transaction(only_reads=True):  # most hits only read: on SQLite they need not queue for the write lock
-        order = orders.lookup(order_id)
+    # most hits only read: on SQLite they need not queue for the write lock; run again if the connection was lost
+    order = atomic(lambda: orders.lookup(order_id), only_reads=True)
     if order is None:
         raise ApiError(404, "order_not_found", "No order has this orderId.")
     sync.refresh_on_return(order, within_redirect_lookup_limit)

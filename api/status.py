@@ -1,7 +1,8 @@
 """Reading an order's status, and the service's own health, metrics and documentation.
 
 Every view here only reads: those that touch the database begin with
-models.read_only(), so on SQLite they answer while a writer holds the lock."""
+models.read_only() (models.atomic(only_reads=True) does, and runs the read again
+if the connection was lost), so on SQLite they answer while a writer holds the lock."""
 
 from flask import Blueprint, abort, current_app, render_template, send_from_directory
 from sqlalchemy import text
@@ -12,7 +13,7 @@ import logs
 import metrics
 import orders
 from api.errors import ApiError, database_unavailable_response
-from models import db, read_only
+from models import atomic, db, read_only
 from schemas import OrderSchema
 
 bp = Blueprint("status", __name__)
@@ -24,8 +25,7 @@ ORDER = OrderSchema()
 def get_order(order_id: str):
     """GET /api/orders/<orderId>: the order (OrderSchema), read only; 404 order_not_found."""
     logs.bind(orderId=order_id)
-    read_only()
-    order = orders.view(order_id)
+    order = atomic(lambda: orders.view(order_id), only_reads=True)  # run again if the connection was lost
     if order is None:
         raise ApiError(404, "order_not_found", f"No order has the id {order_id!r}.")
     return ORDER.dump(order)
@@ -42,8 +42,7 @@ def livez():
 def healthz():
     """Readiness: 200 when the database answers a query, else 503."""
     try:
-        read_only()
-        db.session.execute(text("SELECT 1"))
+        atomic(lambda: db.session.execute(text("SELECT 1")), only_reads=True)  # run again if the connection was lost
     except SQLAlchemyError:
         db.session.rollback()
         return database_unavailable_response()
