@@ -97,17 +97,22 @@ class Request(FlaskRequest):
         return data.decode(errors="replace") if as_text else data
 
 
-def init_app(app: Flask) -> None:
-    """Request ids (X-Request-ID), rate limits, body limits and security headers for every request."""
+def init_app(app: Flask, before_limits: tuple = ()) -> None:
+    """Request ids (X-Request-ID), rate limits, body limits and security headers for every
+    request. `before_limits`: before_request functions that run ahead of the rate limiter
+    (after the request id), such as the checkout's shedding when Monime's slots are taken."""
     app.request_class = Request
     app.after_request(keep_own_retry_after)  # before the limiter's: Flask runs them last first
-    limiter.init_app(app)
 
     @app.before_request
     def identify_request():
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
         logs.start(requestId=g.request_id)
+
+    for hook in before_limits:
+        app.before_request(hook)
+    limiter.init_app(app)
 
     @app.after_request
     def label_and_harden(response):
