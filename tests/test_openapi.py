@@ -7,8 +7,9 @@ from pathlib import Path
 
 import flask_swagger_ui
 import pytest
+import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, settings
 from schemathesis import checks
 
 import apidoc
@@ -135,6 +136,8 @@ def test_every_request_example_is_a_valid_request_and_every_answer_example_has_i
     assert all(sample["data"][key] == value for key, value in webhook["data"].items() if key != "lineItems")
 
 
+REQUEST_LINE_ROOM = 4094 - len("GET  HTTP/1.1")  # gunicorn's limit_request_line, less the method and version
+
 # The same document the service serves (test_served_document_is_the_one_fuzzed checks it).
 DOCUMENT = apidoc.build(catalog_mode=False)
 fuzz = schemathesis.openapi.from_dict(DOCUMENT)
@@ -151,4 +154,8 @@ def test_fuzzing_finds_no_5xx_and_every_answer_matches_the_document(case, live_s
     """Every check schemathesis has, but one: rules across fields (one currency per order,
     unique references, metadata key lengths) cannot be written in OpenAPI 3.0, so a request
     the schema allows may still be a 400, as the document's description says."""
+    # gunicorn answers a request line over its 4094 bytes itself (an HTML 414, before the service
+    # sees the request): what is fuzzed here is the service's own answers.
+    target = requests.Request(case.method, live_server.url + case.formatted_path, params=case.query).prepare()
+    assume(len(target.path_url) < REQUEST_LINE_ROOM)
     case.call_and_validate(base_url=live_server.url, excluded_checks=[checks.positive_data_acceptance])
