@@ -15,7 +15,6 @@ from functools import cache
 from marshmallow import ValidationError
 from sqlalchemy import Insert, bindparam, case, exists, false, literal_column, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Row
 
 import logs
 import monime
@@ -31,6 +30,7 @@ from models import (
     atomic,
     db,
     insert_unless_exists,
+    run,
     together,
     transaction,
     utcnow,
@@ -245,7 +245,7 @@ class Stored:
     claimed: bool  # the event was stored by this delivery; else its id was stored already
     prior_outcome: str | None  # when not claimed: the stored event's outcome, if it was seen
     same_body: bool | None  # ... and whether it has this delivery's body
-    order: Row | None  # the session's order (orders.SHOWN): as changed, else as read
+    order: tuple | None  # the session's order (orders.SHOWN, a `run` row): as changed, else as read
     changed: bool  # the transition changed the order
     raced: bool  # the order met the transition's conditions as read, yet the UPDATE changed nothing
 
@@ -294,7 +294,7 @@ def _store(values: dict, report: SessionReport | None) -> Stored:
     looks_up = bool(report and report.session_id)
     status = report.status if looks_up and orders.transition(report) else None  # the transition's
     if db.session.get_bind().dialect.name == "postgresql":
-        row = db.session.execute(_one_statement(status, looks_up), values).one()
+        (row,) = run(_one_statement(status, looks_up), values)
         order = row if row.id is not None else None
         raced = bool(order and not row.changed and row.eligible)
         return Stored(row.claimed, row.prior_outcome, row.prior_same_body, order, bool(row.changed), raced)

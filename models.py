@@ -8,19 +8,22 @@ import os
 import sqlite3
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cache
+from functools import cache, lru_cache
 from typing import TypeVar
 
+import psycopg
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, ForeignKey, Index, String, Text, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Result
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import UpdateBase
 
 log = logging.getLogger(__name__)
@@ -302,27 +305,130 @@ def atomic(work: Callable[[], T], *, idempotent: bool = False, only_reads: bool 
     return attempt()
 
 
-def together(*writes: tuple[UpdateBase, dict]) -> Result:
-    """Execute `writes`, (statement, parameters) pairs of INSERT, UPDATE or DELETE statements,
-    in the current transaction, and return the last one's result. On Postgres that is one round
-    trip: the others run as data-modifying CTEs of the last (WITH w0 AS (INSERT ...) UPDATE ...),
-    so they must not depend on each other's effects (they all see the same snapshot) and their
-    parameter names must differ. Elsewhere (SQLite) they run one after another, in order."""
+def together(*writes: tuple[UpdateBase, dict]) -> list:
+    """Execute `writes`, (statement, parameters) pairs of INSERT, UPDATE or DELETE statements
+    built once (see `run`), in the current transaction, and return the rows the last one returns
+    (`run`). On Postgres that is one round trip: the others run as data-modifying CTEs of the
+    last (WITH w0 AS (INSERT ...) UPDATE ...), so they must not depend on each other's effects
+    (they all see the same snapshot) and their parameter names must differ. Elsewhere (SQLite)
+    they run one after another, in order."""
     *first, (last, parameters) = writes
     if not first or db.session.get_bind().dialect.name != "postgresql":
         for statement, values in first:
-            db.session.execute(statement, values)
-        return db.session.execute(last, parameters)
+            run(statement, values)
+        return run(last, parameters)
     merged = dict(parameters)
     for _, values in first:
         merged.update(values)
-    return db.session.execute(_with_writes(last, tuple(statement for statement, _ in first)), merged)
+    return run(_with_writes(last, tuple(statement for statement, _ in first)), merged)
 
 
 @cache
 def _with_writes(last: UpdateBase, first: tuple[UpdateBase, ...]) -> UpdateBase:
     """`last` with `first` as its data-modifying CTEs: built (and so compiled) once per combination."""
     return last.add_cte(*(statement.cte(f"w{number}") for number, statement in enumerate(first)))
+
+
+def run(statement: Executable, parameters: dict) -> list:
+    """Execute a Core statement built once (a module constant, or one a cached builder returns:
+    its values come in `parameters`, by bind parameter name) in the current session's
+    transaction, and return the rows it returns (none for a statement without RETURNING), each
+    with its columns as attributes and `_asdict()`.
+
+    On Postgres the statement is compiled once (`_compiled`) and sent as it is on the DBAPI
+    connection of the session's transaction, through psycopg alone: the SQL text and the order
+    of its values are known in advance, psycopg prepares it, and the rows come back as named
+    tuples, without SQLAlchemy's per-execution work (compile cache, parameter processing,
+    result metadata), which costs as much CPU as psycopg's own. The engine's
+    before_cursor_execute listeners still see it. A database error is raised as SQLAlchemy
+    raises it (a DBAPIError subclass; `connection_invalidated`, and the pooled connection
+    invalidated, when the connection was lost, as `atomic` expects). Elsewhere (SQLite, whose
+    driver costs little) it is Session.execute. Pending ORM changes are not flushed first.
+
+    Raises sqlalchemy.exc.SQLAlchemyError when the database fails, KeyError when a bind
+    parameter without a value is missing from `parameters`."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        result = db.session.execute(statement, parameters)
+        return result.all() if result.returns_rows else []
+    connection = db.session.connection()  # begins the session's transaction, as Session.execute does
+    pooled = connection.connection
+    plan = _compiled(statement, connection.dialect)
+    values = [parameters[name] if required else parameters.get(name, fixed) for name, required, fixed in plan.values]
+    cursor = pooled.info.get(_RAW_CURSOR)  # one per database connection (forgotten when it is invalidated)
+    if cursor is None:
+        cursor = pooled.info[_RAW_CURSOR] = psycopg.RawCursor(pooled.driver_connection)
+    if connection.dispatch.before_cursor_execute:  # e.g. tests counting the statements sent
+        connection.dispatch.before_cursor_execute(connection, cursor, plan.sql, values, None, False)
+    try:
+        cursor.execute(plan.query, values, prepare=True)
+        return list(map(plan.row._make, cursor.fetchall())) if plan.row else []
+    except psycopg.Error as exc:
+        raise _translated(exc, connection, cursor, plan.sql, values) from exc
+
+
+_RAW_CURSOR = "checkout_raw_cursor"  # the key, in a database connection's info, of `run`'s cursor
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A statement as `run` sends it: its SQL ($1, $2, ... placeholders), its values in order as
+    (bind parameter name, whether `parameters` must give it, the value it has otherwise), and
+    the named tuple of the rows it returns (None when it returns none); `query`: the SQL as
+    psycopg sends it (bytes, encoded once)."""
+
+    sql: str
+    query: bytes
+    values: tuple[tuple[str, bool, object], ...]
+    row: type | None
+
+
+@lru_cache(maxsize=256)
+def _compiled(statement: Executable, dialect) -> _Plan:
+    """`statement` compiled once for the Postgres `dialect` with positional ($n) parameters.
+    Constants the statement holds are bound values too, expanded IN lists included (Compiled's
+    construct_expanded_state). Types that convert values on the way in or out (a bind or result
+    processor, e.g. JSON parameters) are refused: psycopg's own adaptation must be enough."""
+    compiled = statement.compile(dialect=_positional(type(dialect)))
+    required = {name for bind, name in compiled.bind_names.items() if bind.required}
+    expanded = compiled.construct_expanded_state(dict.fromkeys(required, None), escape_names=False)
+    converting = [
+        bind.key for bind in compiled.bind_names if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None
+    ]
+    converting += [
+        str(column)
+        for column in statement.exported_columns
+        if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None
+    ]
+    if converting:
+        raise TypeError(f"models.run cannot send values of these without SQLAlchemy: {converting}")
+    fixed = expanded.parameters
+    values = tuple((name, name in required, fixed[name]) for name in expanded.positiontup)
+    names = statement.exported_columns.keys()
+    sql = expanded.statement
+    return _Plan(sql, sql.encode(), values, namedtuple("Row", names) if names else None)
+
+
+@cache
+def _positional(dialect_class):
+    """A dialect like the engine's whose SQL takes $1, $2, ... (psycopg's RawCursor sends it as it is)."""
+    return dialect_class(paramstyle="numeric_dollar")
+
+
+def _translated(exc: Exception, connection, cursor, sql: str, values: list) -> DBAPIError:
+    """psycopg's `exc` as SQLAlchemy raises it from Connection.execute (e.g. IntegrityError), the
+    connection invalidated (and the error's connection_invalidated set) when it was lost."""
+    lost = connection.dialect.is_disconnect(exc, connection.connection.driver_connection, cursor)
+    if lost:
+        connection.invalidate(exc)
+    return DBAPIError.instance(
+        sql,
+        values,
+        exc,
+        connection.dialect.loaded_dbapi.Error,
+        hide_parameters=connection.engine.hide_parameters,
+        connection_invalidated=lost,
+        dialect=connection.dialect,
+    )
 
 
 class TransactionOpen(AssertionError):

@@ -85,7 +85,7 @@ ORDER_SCHEMA = OrderSchema()  # built once: a schema with nested ones costs more
 
 
 def notification(order, kind: str) -> tuple[Insert, dict] | None:
-    """The outbox row announcing `kind` about `order` (a Core Row holding the orders table's
+    """The outbox row announcing `kind` about `order` (a row holding the orders table's
     columns OrderSchema shows, orders.SHOWN, as changed), as (statement, parameters) for the caller to
     execute in the transaction that holds the change, e.g. with models.together; None when
     NOTIFY_URL is not set. The body shows the order as GET /api/orders/<id> does (OrderSchema)."""
@@ -93,7 +93,7 @@ def notification(order, kind: str) -> tuple[Insert, dict] | None:
     if not config["NOTIFY_URL"]:
         return None
     now, notification_id = utcnow(), f"msg_{uuid.uuid4().hex}"
-    shown = SimpleNamespace(**order._mapping)  # Order's properties, on the row
+    shown = SimpleNamespace(**order._asdict())  # Order's properties, on the row
     shown.money, shown.review = Order.money.fget(shown), Order.review.fget(shown)
     body = {"type": kind, "id": notification_id, "createdAt": _timestamp(now), "order": ORDER_SCHEMA.dump(shown)}
     db.session.info[_ENQUEUED] = True  # wake the relay after the commit (forgotten on a rollback)
