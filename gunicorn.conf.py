@@ -16,14 +16,23 @@ from gunicorn.glogging import Logger
 import logs
 
 # gthread: each worker serves several requests at once in threads, so a
-# checkout waiting seconds on Monime does not block webhooks or health checks.
-# Two workers for two cores (another costs ~85 MiB and 15 database connections
-# and bought nothing in bench/run); 32 threads each, as a checkout holds its
-# thread for as long as Monime takes: with 8, sixteen slow checkouts made
-# webhooks queue (bench/RESULTS.md). 32 is also the Monime client's pool size.
+# checkout waiting on Monime does not block webhooks or health checks; past
+# MONIME_MAX_IN_FLIGHT calls in flight (by default all threads but a reserve,
+# monime.derived_max_in_flight: 8 threads -> 6) a checkout is shed with 503, so
+# the reserve is always there for them. Chosen by bench/run (bench/RESULTS.md,
+# 2 cores, Postgres, Monime 300 ms slow):
+# - 2 workers, one per core: a process's threads share one GIL.
+# - 8 threads each: webhook ingest as high as at 4 threads (~1,000/s) and 37
+#   checkouts/s served at 300 ms (4 threads: 12.6/s, and a worker that gets 3 of
+#   4 shoppers at once sheds one), with webhook and /healthz p99 about 2x their
+#   unloaded value under 200 slow checkout clients. 16 threads serve 73/s but
+#   p99 went to ~3x; 32 threads (the old default) fought over the GIL: 681
+#   webhooks/s, and 50x p99 before the bulkhead.
+# Each thread, and the notification relay, holds at most one database
+# connection: DATABASE_POOL_SIZE (10) covers them, so none is opened per request.
 worker_class = "gthread"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 
 # Under gthread, `timeout` is a heartbeat, not a request limit: the arbiter restarts a
