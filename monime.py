@@ -23,6 +23,7 @@ import contextlib
 import email.utils
 import heapq
 import itertools
+import math
 import os
 import random
 import socket
@@ -227,42 +228,46 @@ class Deadline:
 
 class _Watchdog:
     """The one thread of a process that expires Deadlines: it sleeps until the earliest
-    deadline still running is due and expires it then. Deadlines that ended are dropped
-    from the heap lazily, when they reach its top. Started on first use in each process
-    (a forked gunicorn worker inherits no thread, so its watchdog is made anew)."""
+    deadline it holds is due and expires it then, unless that call is over. Deadlines that
+    ended are dropped from the heap lazily, when they reach its top, so the thread may wake
+    for one that ended meanwhile (once per budget's length, off every call's path). Started
+    on first use in each process (a forked gunicorn worker inherits no thread, so its
+    watchdog is made anew)."""
 
     def __init__(self):
         self._due: list[tuple[float, int, Deadline]] = []  # a heap by ends_at (monotonic seconds)
         self._changed = threading.Condition(threading.Lock())
         self._order = itertools.count()  # ties in ends_at never compare Deadlines
         self._thread: threading.Thread | None = None
+        self._wakes_at = math.inf  # when the sleeping thread wakes by itself (monotonic seconds)
 
     def watch(self, deadline: Deadline) -> None:
-        """Expire `deadline` (Deadline._expire) at its ends_at unless it is over by then."""
+        """Expire `deadline` (Deadline._expire) at its ends_at unless it is over by then.
+
+        The thread is woken only when it sleeps past this deadline's time. Calls with one budget
+        end in the order they begin, so a run of them wakes it not at all: it was woken by every
+        call made while no other was in flight, a switch of threads and of the GIL on the call's path."""
         with self._changed:
             while self._due and self._due[0][2]._over:  # ended ones at the top go now
                 heapq.heappop(self._due)
-            earliest = not self._due or deadline.ends_at < self._due[0][0]
             heapq.heappush(self._due, (deadline.ends_at, next(self._order), deadline))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="monime-deadlines", daemon=True)
                 self._thread.start()
-            elif earliest:  # the watchdog sleeps until a later time: wake it to wait for this one
+            elif deadline.ends_at < self._wakes_at:
                 self._changed.notify()
 
     def _run(self) -> None:
         with self._changed:
             while True:
-                while self._due and self._due[0][2]._over:
+                while self._due and self._due[0][2]._over:  # ended calls go when they reach the top
                     heapq.heappop(self._due)
-                if not self._due:
-                    self._changed.wait()
+                now = time.monotonic()
+                if self._due and self._due[0][0] <= now:
+                    heapq.heappop(self._due)[2]._expire()
                     continue
-                wait = self._due[0][0] - time.monotonic()
-                if wait > 0:
-                    self._changed.wait(wait)
-                    continue
-                heapq.heappop(self._due)[2]._expire()
+                self._wakes_at = self._due[0][0] if self._due else math.inf
+                self._changed.wait(None if not self._due else self._wakes_at - now)
 
 
 _WATCHDOG = _Watchdog()
@@ -392,6 +397,12 @@ class MonimeClient:
         self._token = access_token
         self.bulkhead = Bulkhead(max_in_flight)
         self.http = requests.Session()
+        # The environment (HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE) is read once, here, not
+        # by every call: requests' per-call reading scanned all of os.environ twice a call, and
+        # would also let a ~/.netrc entry for Monime's host replace the Authorization header.
+        self.http.trust_env = False
+        self.http.proxies = requests.utils.get_environ_proxies(self.base_url)
+        self.http.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self.http.mount(self.base_url, DeadlineAdapter(pool_maxsize=pool_size, max_retries=0))
         self.http.headers.update(
             {

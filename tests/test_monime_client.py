@@ -102,6 +102,39 @@ def test_create_session_sends_the_bearer_token_space_version_and_idempotency_key
     assert json.loads(request["body"]) == BODY
 
 
+RECORDED = {"success": True, "messages": [], "result": {"id": "scs-recorded"}}
+
+
+def test_a_netrc_entry_for_monimes_host_never_replaces_the_access_token(tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password theirs\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    seen, app = answering(200, RECORDED)
+    with serving(app) as url:
+        monime_client(url, "tok_secret", "spc-mine").create_session(BODY, "key-netrc")
+
+    [request] = seen
+    assert request["headers"]["Authorization"] == "Bearer tok_secret"
+
+
+def test_the_http_proxy_named_in_the_environment_carries_the_calls_unless_no_proxy_names_monime(simulator, monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    seen, proxy = answering(200, RECORDED)
+    with serving(proxy) as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        proxied = client_for(simulator).create_session(BODY, "key-proxied")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = client_for(simulator).create_session(BODY, "key-direct")
+
+    assert proxied == {"id": "scs-recorded"}
+    [request] = seen  # the first client's call, sent to the proxy
+    assert (request["method"], request["path"]) == ("POST", "/v1/checkout-sessions")
+    assert request["headers"]["Idempotency-Key"] == "key-proxied"
+    assert simulator.sessions() == [direct]  # the second client's, straight to Monime
+
+
 def test_the_same_key_twice_returns_the_same_session(simulator):
     client = client_for(simulator)
 
@@ -414,6 +447,19 @@ def test_a_finished_calls_deadline_never_cuts_the_next_call(simulator):
     assert session == created
     assert took >= 0.6
     assert len(simulator.requests("POST")) == 2
+
+
+def test_a_short_deadline_begun_after_a_longer_one_ended_still_cuts_its_call_in_time(simulator):
+    """The watchdog sleeps until the earliest deadline it holds, the finished create's (4 s away):
+    a lookup's shorter one, begun then, wakes it."""
+    client = client_for(simulator, read_timeout=0.5, retry_deadline=4, verify_timeout=0.5)
+    created = client.create_session(BODY, "key-ended")
+    simulator.faults(trickle={"interval": TRICKLE})
+
+    error, took = timed(lambda: client.get_session(created["id"]))
+
+    assert type(error) is MonimeTimeout, error
+    assert took < 0.5 + HARD_MARGIN
 
 
 # --- Retry-After: waiting what Monime asks, within the deadline ------------------------------
