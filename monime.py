@@ -137,11 +137,6 @@ class Bulkhead:
             self.limit = limit
         MONIME_CALLS_MAX_IN_FLIGHT.set(limit or 0)
 
-    def full(self) -> bool:
-        """Whether every slot is taken right now (a glance, without the lock: a slot taken or
-        given back meanwhile is seen by the next glance; `slot` decides)."""
-        return self.limit is not None and self.in_use >= self.limit
-
     def shed(self, operation: str) -> None:
         """Count a call to Monime not made because every slot was taken (monime_calls_shed_total)."""
         MONIME_CALLS_SHED.labels(operation).inc()

@@ -1,9 +1,10 @@
 """Creating a checkout, and the shopper's way back from Monime's hosted page."""
 
 import logging
+from contextlib import ExitStack
 from urllib.parse import urlencode
 
-from flask import Blueprint, current_app, redirect, request
+from flask import Blueprint, current_app, g, redirect, request
 
 import checkout
 import logs
@@ -49,18 +50,31 @@ def create_checkout():
 
 def shed_when_monime_busy() -> None:
     """Before anything else of a `POST /api/checkout` (the rate limit, the body, the database):
-    when every slot of this worker for calls to Monime is taken, answer 503 monime_busy at
-    once, counted as the view counts it. A refusal then costs about what bare Flask costs a
-    request, which is what keeps a crowd of shoppers retrying during a slow Monime from taking
-    the threads kept free for webhooks and health checks (bench/run, slow Monime with 200
-    clients). A bad body is refused with its 4xx once a slot is free; a request that passes
-    here can still be shed by `checkout.start`, which takes the slot. Registered by
-    api.guard.init_app ahead of the rate limiter, so a shed request does not count against
-    the client's RATELIMIT_CHECKOUT either."""
-    if request.endpoint == "checkout.create_checkout" and monime.client().bulkhead.full():
-        monime.client().bulkhead.shed("create_session")
+    take one of this worker's slots for calls to Monime, held until the request ends
+    (`give_back_the_slot`); when every slot is taken, answer 503 monime_busy at once, counted
+    as the view counts it. A refusal then costs about what bare Flask costs a request, which is
+    what keeps a crowd of shoppers retrying during a slow Monime from taking the threads kept
+    free for webhooks and health checks (bench/run, slow Monime with 200 clients). A bad body
+    gets its 4xx once a slot is free; checkout.start uses the slot taken here. Registered by
+    api.guard.init_app ahead of the rate limiter, so a shed request does not count against the
+    client's RATELIMIT_CHECKOUT either."""
+    if request.endpoint != "checkout.create_checkout":
+        return
+    held = ExitStack()
+    try:
+        held.enter_context(monime.client().slot("create_session"))
+    except monime.MonimeBusy:
         CHECKOUTS.labels("monime_busy").inc()
-        raise monime_busy()
+        raise monime_busy() from None
+    g.monime_slot = held
+
+
+@bp.teardown_request
+def give_back_the_slot(_error=None) -> None:
+    """Give back the slot `shed_when_monime_busy` took for the request, however it ended."""
+    held = g.pop("monime_slot", None)
+    if held is not None:
+        held.close()
 
 
 def monime_busy() -> ApiError:

@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import random
 import secrets
 import socket
 import threading
@@ -45,6 +46,18 @@ def wait_for(predicate: Callable, timeout: float, message: str | Callable[[], st
             raise AssertionError(f"waited {timeout:g} s for: {text}")
         time.sleep(interval)  # polling, bounded by the deadline above
     return result
+
+
+def as_a_frontend(send: Callable, give_up_after: float = 60):
+    """`send()` (a POST /api/checkout returning a requests.Response), again and again as the
+    README asks a frontend to: while the answer is 503 monime_busy (every Monime slot of the
+    worker that took it is busy), wait Retry-After seconds spread by 0.5-1.5x and submit the
+    same order again. The first other answer, or AssertionError after `give_up_after` seconds."""
+    give_up = time.monotonic() + give_up_after
+    while (response := send()).status_code == 503 and response.json()["error"]["code"] == "monime_busy":
+        assert time.monotonic() < give_up, f"still monime_busy after {give_up_after:g} s"
+        time.sleep(float(response.headers["Retry-After"]) * random.uniform(0.5, 1.5))  # what Monime's 503 asks
+    return response
 
 
 def require(problem: str | None, tests: str, remedy: str) -> None:

@@ -20,6 +20,7 @@ from support import (
     WEBHOOK_PATH,
     across_both_workers,
     all_at_once,
+    as_a_frontend,
     checkout,
     deliver,
     items,
@@ -179,7 +180,9 @@ def post(url: str, **kwargs) -> requests.Response:
 def test_the_feed_pages_through_250_orders_without_gaps_or_repeats_while_orders_complete(live_server, app, simulator):
     api = LiveClient(live_server.url)
     with ThreadPoolExecutor(8) as pool:
-        created = pool.map(lambda _: post(live_server.url + "/api/checkout", json=order_payload()), range(300))
+        created = pool.map(
+            lambda _: as_a_frontend(lambda: post(live_server.url + "/api/checkout", json=order_payload())), range(300)
+        )
         bodies = [response.json() for response in created]
         events = [simulator.complete(body["sessionId"], deliver=False)["event"] for body in bodies]
         before, during = events[:250], events[250:]

@@ -11,6 +11,7 @@ from support import (
     WEBHOOK_PATH,
     across_both_workers,
     all_at_once,
+    as_a_frontend,
     checkout,
     items,
     order,
@@ -68,7 +69,9 @@ def test_completion_expiry_and_cancellation_racing_end_completed(live_server, ap
 def test_ten_concurrent_submissions_of_one_order_make_one_session(live_server, app, simulator):
     payload = order_payload("ord_rush")
 
-    responses = all_at_once(10, lambda: requests.post(live_server.url + "/api/checkout", json=payload))
+    responses = all_at_once(
+        10, lambda: as_a_frontend(lambda: requests.post(live_server.url + "/api/checkout", json=payload))
+    )
 
     assert sorted(r.status_code for r in responses) == [200] * 9 + [201]
     assert len({r.json()["sessionId"] for r in responses}) == 1
