@@ -47,7 +47,8 @@ def start(draft: dict) -> Checkout:
     submitting the same order again retries under the same key.
 
     First of all it takes one of the worker's slots for calls to Monime and holds it to the
-    end (MonimeClient.slot, MONIME_MAX_IN_FLIGHT): when every slot is taken it raises
+    end (MonimeClient.slot, MONIME_MAX_IN_FLIGHT; a request's own, taken at the door by
+    api/checkout.py, is reused): when every slot is taken it raises
     MonimeBusy at once, having read nothing, stored nothing and asked Monime nothing. So is an
     order that has its session already, and would need no call: telling it apart takes a
     database round trip, and refusing at the door with none is what keeps a surge of checkouts

@@ -406,10 +406,8 @@ def _settled_or_order(event_id: str, body: str, report: SessionReport) -> tuple[
 def _settled(event_id: str, body: str) -> bool:
     """Whether the event id is stored and not to be processed again: it was
     processed, or it came with another body."""
-    stored = db.session.execute(
-        select(WebhookEvent.outcome, WebhookEvent.body).where(WebhookEvent.id == event_id)
-    ).first()
-    return stored is not None and (stored.outcome != Outcome.FAILED or stored.body != body)
+    prior = db.session.execute(PRIOR, {"event_id": event_id, "event_body": body}).first()
+    return prior is not None and (prior.outcome != Outcome.FAILED or not prior.same_body)
 
 
 def _repeat(event_id: str, body: str, report: SessionReport | None) -> Receipt:

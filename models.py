@@ -121,6 +121,13 @@ class Order(db.Model):
         """{reason, eventId} while the order is held for review, else None."""
         return {"reason": self.review_reason, "eventId": self.review_event_id} if self.review_reason else None
 
+    @staticmethod
+    def as_shown(row) -> dict:
+        """A Core row of the orders table's columns (a SELECT's, or an UPDATE's RETURNING) as
+        schemas.OrderSchema dumps an Order: its columns by name, with `money` and `review` as
+        the properties above make them. For reads and notifications that load no ORM object."""
+        return row._asdict() | {"money": Order.money.fget(row), "review": Order.review.fget(row)}
+
 
 # The order feed (feed.py) pages by (updated_at, id), with or without a status.
 Index("ix_orders_updated_at_id", Order.updated_at, Order.id)

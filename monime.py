@@ -137,10 +137,6 @@ class Bulkhead:
             self.limit = limit
         MONIME_CALLS_MAX_IN_FLIGHT.set(limit or 0)
 
-    def shed(self, operation: str) -> None:
-        """Count a call to Monime not made because every slot was taken (monime_calls_shed_total)."""
-        MONIME_CALLS_SHED.labels(operation).inc()
-
     @contextlib.contextmanager
     def slot(self, operation: str) -> Iterator[None]:
         """Hold a slot for the `with` block (`operation`, e.g. "create_session", names it in
@@ -153,7 +149,7 @@ class Bulkhead:
             if admitted:
                 self.in_use += 1
         if not admitted:
-            self.shed(operation)
+            MONIME_CALLS_SHED.labels(operation).inc()
             raise MonimeBusy(operation, self.limit)
         self._held.slot = True
         MONIME_CALLS_IN_FLIGHT.inc()
@@ -243,8 +239,7 @@ class _Watchdog:
         end in the order they begin, so a run of them wakes it not at all: it was woken by every
         call made while no other was in flight, a switch of threads and of the GIL on the call's path."""
         with self._changed:
-            while self._due and self._due[0][2]._over:  # ended ones at the top go now
-                heapq.heappop(self._due)
+            self._drop_ended()
             heapq.heappush(self._due, (deadline.ends_at, next(self._order), deadline))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="monime-deadlines", daemon=True)
@@ -252,11 +247,15 @@ class _Watchdog:
             elif deadline.ends_at < self._wakes_at:
                 self._changed.notify()
 
+    def _drop_ended(self) -> None:
+        """Pop the deadlines at the top of the heap whose calls are over (called with the lock held)."""
+        while self._due and self._due[0][2]._over:
+            heapq.heappop(self._due)
+
     def _run(self) -> None:
         with self._changed:
             while True:
-                while self._due and self._due[0][2]._over:  # ended calls go when they reach the top
-                    heapq.heappop(self._due)
+                self._drop_ended()
                 now = time.monotonic()
                 if self._due and self._due[0][0] <= now:
                     heapq.heappop(self._due)[2]._expire()

@@ -30,7 +30,6 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import SimpleNamespace
 
 import requests
 from flask import Flask, current_app
@@ -93,9 +92,8 @@ def notification(order, kind: str) -> tuple[Insert, dict] | None:
     if not config["NOTIFY_URL"]:
         return None
     now, notification_id = utcnow(), f"msg_{uuid.uuid4().hex}"
-    shown = SimpleNamespace(**order._asdict())  # Order's properties, on the row
-    shown.money, shown.review = Order.money.fget(shown), Order.review.fget(shown)
-    body = {"type": kind, "id": notification_id, "createdAt": _timestamp(now), "order": ORDER_SCHEMA.dump(shown)}
+    shown = ORDER_SCHEMA.dump(Order.as_shown(order))
+    body = {"type": kind, "id": notification_id, "createdAt": _timestamp(now), "order": shown}
     db.session.info[_ENQUEUED] = True  # wake the relay after the commit (forgotten on a rollback)
     return WRITE, {
         "notification_id": notification_id,

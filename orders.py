@@ -172,7 +172,7 @@ def view(order_id: str) -> dict | None:
     if not ORDER_ID.match(order_id):
         return None
     row = db.session.execute(_checkout_statements(_dialect()).view, {"order_id": order_id}).first()
-    return None if row is None else row._asdict() | {"money": Order.money.fget(row), "review": Order.review.fget(row)}
+    return None if row is None else Order.as_shown(row)
 
 
 def reread(order_id: str) -> Order | None:

@@ -89,8 +89,9 @@ def monime_busy() -> ApiError:
 
 
 def start_checkout() -> checkout.Checkout:
-    """checkout.start for the request's order, its errors raised as ApiError. The body is
-    loaded first, so a bad one is a 4xx whether or not a slot is free."""
+    """checkout.start for the request's order, its errors raised as ApiError. Its slot for the
+    call to Monime was taken at the door (`shed_when_monime_busy`), so checkout.start reuses it;
+    a MonimeBusy from it is answered as the door answers."""
     draft = load_checkout_request()
     logs.bind(orderId=draft["orderId"])
     try:
